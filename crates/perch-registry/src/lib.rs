@@ -1,0 +1,20 @@
+//! Perch's device registry: registries, devices, credentials, config versions and states, gateway
+//! bindings, with the cloudiot v1 `DeviceManager` API over gRPC and REST.
+//!
+//! Owns the rules of the registry (ids, limits, key formats, masks, paging, config versioning).
+//! Does not own storage (`perch-store`), device connections or Pub/Sub; it never binds a socket:
+//! `api::grpc` and `api::rest` hand the composition root a service and a router.
+#![deny(clippy::unwrap_used)]
+
+pub mod api;
+mod error;
+pub mod keys;
+pub mod mask;
+pub mod page;
+mod service;
+
+pub use error::{Error, Result};
+pub use service::{
+    DeviceListQuery, DevicePatch, DeviceUpdateField, GatewayListOption, RegistryPatch,
+    RegistryService, RegistryServiceOptions, RegistryUpdateField,
+};

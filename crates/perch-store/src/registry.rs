@@ -1,0 +1,103 @@
+//! The registry store trait: registries, devices, config and state history, gateway bindings.
+
+use perch_core::model::{Device, DeviceConfig, DeviceState, Registry};
+use perch_core::{DeviceId, DeviceRef, LocationName, RegistryName, Rejection};
+
+use crate::Result;
+
+/// A read-modify-write step on a registry, run inside the store's transaction.
+pub type RegistryUpdate = Box<dyn FnOnce(&mut Registry) -> Result<(), Rejection> + Send>;
+/// A read-modify-write step on a device, run inside the store's transaction.
+pub type DeviceUpdate = Box<dyn FnOnce(&mut Device) -> Result<(), Rejection> + Send>;
+/// A predicate that list scans apply to each device.
+pub type DeviceFilter = Box<dyn Fn(&Device) -> bool + Send>;
+
+/// Durable storage of the device registry.
+///
+/// Invariants every implementation keeps:
+/// - numeric device ids are assigned by the store, unique across all registries, `< 2^53`;
+/// - a device's `config` and `state` are its newest; each new config version and each new state
+///   written through `update_device` is also appended to the history, which keeps the newest
+///   `CONFIG_VERSIONS_KEPT` / `STATES_KEPT`;
+/// - a registry with devices, and a gateway with bound devices, cannot be deleted.
+#[async_trait::async_trait]
+pub trait RegistryStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Stores a new registry; `ALREADY_EXISTS` if its name is taken.
+    async fn create_registry(&self, registry: Registry) -> Result<Registry>;
+    /// The registry, or `NOT_FOUND`.
+    async fn get_registry(&self, name: &RegistryName) -> Result<Registry>;
+    /// Registries of a location in id order, starting after `after`.
+    async fn list_registries(
+        &self,
+        location: &LocationName,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<Registry>>;
+    async fn update_registry(
+        &self,
+        name: &RegistryName,
+        update: RegistryUpdate,
+    ) -> Result<Registry>;
+    /// Deletes an empty registry; `FAILED_PRECONDITION` while it has devices.
+    async fn delete_registry(&self, name: &RegistryName) -> Result<()>;
+
+    /// Stores new devices in one transaction, assigning their numeric ids; all or nothing.
+    /// `ALREADY_EXISTS` if any id is taken, `NOT_FOUND` if the registry is missing.
+    async fn create_devices(
+        &self,
+        registry: &RegistryName,
+        devices: Vec<Device>,
+    ) -> Result<Vec<Device>>;
+    /// The device, by string or numeric id, or `NOT_FOUND`.
+    async fn get_device(&self, registry: &RegistryName, device: &DeviceRef) -> Result<Device>;
+    /// Devices of a registry in id order, starting after `after`, that pass `filter`.
+    async fn list_devices(
+        &self,
+        registry: &RegistryName,
+        after: Option<DeviceId>,
+        limit: usize,
+        filter: DeviceFilter,
+    ) -> Result<Vec<Device>>;
+    async fn update_device(
+        &self,
+        registry: &RegistryName,
+        device: &DeviceRef,
+        update: DeviceUpdate,
+    ) -> Result<Device>;
+    /// Deletes a device with its history and bindings; `FAILED_PRECONDITION` for a gateway that
+    /// still has bound devices.
+    async fn delete_device(&self, registry: &RegistryName, device: &DeviceRef) -> Result<Device>;
+    /// Config versions, newest first, at most `limit` (0 = all kept).
+    async fn list_config_versions(
+        &self,
+        registry: &RegistryName,
+        device: &DeviceRef,
+        limit: usize,
+    ) -> Result<Vec<DeviceConfig>>;
+    /// State reports, newest first, at most `limit` (0 = all kept).
+    async fn list_states(
+        &self,
+        registry: &RegistryName,
+        device: &DeviceRef,
+        limit: usize,
+    ) -> Result<Vec<DeviceState>>;
+
+    /// Binds a device to a gateway, both by numeric id in `registry`; idempotent.
+    async fn bind_device_to_gateway(
+        &self,
+        registry: &RegistryName,
+        gateway_num_id: u64,
+        device_num_id: u64,
+    ) -> Result<()>;
+    /// Unbinds; `NOT_FOUND` if the pair was not bound.
+    async fn unbind_device_from_gateway(
+        &self,
+        registry: &RegistryName,
+        gateway_num_id: u64,
+        device_num_id: u64,
+    ) -> Result<()>;
+    /// Numeric ids of the devices bound to a gateway.
+    async fn devices_bound_to_gateway(&self, gateway_num_id: u64) -> Result<Vec<u64>>;
+    /// Numeric ids of the gateways a device is bound to.
+    async fn gateways_bound_to_device(&self, device_num_id: u64) -> Result<Vec<u64>>;
+}

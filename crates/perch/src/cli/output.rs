@@ -1,0 +1,66 @@
+//! Human output: aligned tables for lists, `key: value` lines for single resources.
+
+use serde_json::Value;
+
+/// Prints rows under headers, columns padded to their widest cell.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(headers.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+/// Prints a JSON object as `path: value` lines (nested keys dotted, list items indexed).
+pub fn describe(value: &Value) {
+    fn walk(prefix: &str, value: &Value) {
+        match value {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, v);
+                }
+            }
+            Value::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    walk(&format!("{prefix}[{i}]"), v);
+                }
+            }
+            Value::String(s) if s.contains('\n') => {
+                println!("{prefix}: |");
+                for line in s.lines() {
+                    println!("  {line}");
+                }
+            }
+            Value::String(s) => println!("{prefix}: {s}"),
+            other => println!("{prefix}: {other}"),
+        }
+    }
+    walk("", value);
+}
+
+/// A JSON field as a table cell.
+pub fn cell(value: &Value) -> String {
+    match value {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}

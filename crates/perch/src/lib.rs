@@ -1,0 +1,14 @@
+//! The `perch` binary's library: the composition root (`serve`), the admin web surface, the
+//! data dir, TLS material and the gcloud-shaped CLI.
+//!
+//! This is the only crate that binds sockets, reads config and uses `anyhow`; the libraries
+//! below it take listeners and return services.
+
+pub mod admin;
+pub mod cli;
+pub mod datadir;
+pub mod http_server;
+pub mod serve;
+pub mod tls;
+
+pub use serve::{Listeners, ServeConfig, serve};

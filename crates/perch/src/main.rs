@@ -1,0 +1,149 @@
+//! `perch`: the server (`perch serve`) and the gcloud-shaped CLI (`perch iot …`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use perch::datadir::DataDir;
+use perch::{Listeners, ServeConfig};
+use tokio::net::TcpListener;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "perch",
+    version,
+    about = "Perch: a self-hosted IoT device core (Cloud IoT Core compatible)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server
+    Serve(ServeArgs),
+    /// Manage registries and devices on a running server
+    Iot(perch::cli::iot::IotArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Where everything is kept; created if missing; one server per dir
+    #[arg(long, default_value = "perch-data")]
+    data_dir: PathBuf,
+    /// Admin REST API, Pub/Sub REST and dashboard
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    admin: SocketAddr,
+    /// gRPC (google.cloud.iot.v1, google.pubsub.v1)
+    #[arg(long, default_value = "127.0.0.1:8085")]
+    grpc: SocketAddr,
+    /// MQTT over TLS (the MQTT bridge is not built yet: accepted and ignored)
+    #[arg(long, default_value = "0.0.0.0:8883")]
+    mqtt: SocketAddr,
+    /// MQTT without TLS (not built yet)
+    #[arg(long)]
+    mqtt_plain: Option<SocketAddr>,
+    /// HTTPS device bridge (not built yet: accepted and ignored)
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    device_http: SocketAddr,
+    /// No admin token (emulator style); device authentication stays on
+    #[arg(long)]
+    dev: bool,
+    /// Server certificate chain (PEM) instead of the generated one
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Extra name or address for the generated server certificate; repeatable
+    #[arg(long = "tls-san")]
+    tls_san: Vec<String>,
+    /// Serve the admin listeners without TLS even on a non-loopback address
+    #[arg(long)]
+    insecure_admin: bool,
+    /// PostgreSQL registry (scale-out; not built yet)
+    #[arg(long)]
+    postgres: Option<String>,
+    /// NATS JetStream message log (scale-out; not built yet)
+    #[arg(long)]
+    nats: Option<String>,
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PERCH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn bind(flag: &str, addr: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for --{flag}"))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}
+
+async fn run_serve(args: ServeArgs) -> Result<()> {
+    if args.postgres.is_some() || args.nats.is_some() {
+        anyhow::bail!(
+            "--postgres and --nats (scale-out backends) are not built yet; run without them for the embedded stores"
+        );
+    }
+    let data_dir = DataDir::open(&args.data_dir)?;
+    let listeners = Listeners {
+        admin: bind("admin", args.admin).await?,
+        grpc: bind("grpc", args.grpc).await?,
+    };
+    let config = ServeConfig {
+        data_dir: args.data_dir,
+        dev: args.dev,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
+        tls_sans: args.tls_san,
+        insecure_admin: args.insecure_admin,
+    };
+    let _ = (args.mqtt, args.mqtt_plain, args.device_http);
+    perch::serve(config, data_dir, listeners, shutdown_signal()).await
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // One TLS provider for the whole process: ring (DESIGN.md: no aws-lc).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let result = match cli.command {
+        Command::Serve(args) => {
+            init_logging();
+            run_serve(args).await
+        }
+        Command::Iot(args) => perch::cli::iot::run(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("perch: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

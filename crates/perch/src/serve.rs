@@ -1,0 +1,134 @@
+//! The composition root: opens the data dir and stores, builds the services, binds nothing
+//! itself (listeners come in bound), serves until shutdown, then stops in order.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use perch_core::SystemClock;
+use perch_registry::api::grpc::DeviceManagerApi;
+use perch_registry::{RegistryService, RegistryServiceOptions};
+use perch_store::embedded::EmbeddedRegistryStore;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::admin::{self, AdminAuth};
+use crate::datadir::{DataDir, Endpoints};
+use crate::{http_server, tls};
+
+/// What `perch serve` was asked to do (flags already validated).
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub data_dir: PathBuf,
+    pub dev: bool,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_sans: Vec<String>,
+    /// Serve the admin listeners over plain HTTP even on a non-loopback address.
+    pub insecure_admin: bool,
+}
+
+/// Listeners bound by the caller (port 0 in tests).
+#[derive(Debug)]
+pub struct Listeners {
+    pub admin: TcpListener,
+    pub grpc: TcpListener,
+}
+
+fn is_loopback(addr: &SocketAddr) -> bool {
+    addr.ip().is_loopback()
+}
+
+/// Runs a server on an open data dir until `shutdown` resolves. Writes `endpoints.json` once
+/// every listener is serving, and removes it when done.
+pub async fn serve(
+    config: ServeConfig,
+    data_dir: DataDir,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let material = tls::ensure(&data_dir.tls_dir(), &config.tls_sans)?;
+    let (cert, key) = match (&config.tls_cert, &config.tls_key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        _ => (material.cert_pem.clone(), material.key_pem.clone()),
+    };
+    let auth = if config.dev {
+        tracing::warn!("--dev: the admin API accepts anonymous calls; never expose it");
+        AdminAuth::Open
+    } else {
+        AdminAuth::Token(data_dir.admin_token()?.into())
+    };
+
+    let store = EmbeddedRegistryStore::open(&data_dir.registry_path())
+        .with_context(|| format!("cannot open the registry in {}", data_dir.path().display()))?;
+    let registry = RegistryService::new(
+        Arc::new(store),
+        Arc::new(SystemClock),
+        RegistryServiceOptions::default(),
+    );
+    let devices = DeviceManagerApi::new(registry);
+
+    let admin_addr = listeners.admin.local_addr()?;
+    let grpc_addr = listeners.grpc.local_addr()?;
+    let admin_tls = tls_for(&config, admin_addr, &cert, &key, &[b"h2", b"http/1.1"])?;
+    let grpc_tls = tls_for(&config, grpc_addr, &cert, &key, &[b"h2"])?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let admin_task = tokio::spawn(http_server::serve(
+        "admin",
+        listeners.admin,
+        admin::rest_router(auth.clone(), devices.clone()),
+        admin_tls,
+        stopped(stop_rx.clone()),
+    ));
+    let grpc_task = tokio::spawn(http_server::serve(
+        "grpc",
+        listeners.grpc,
+        admin::grpc_router(auth, devices),
+        grpc_tls,
+        stopped(stop_rx),
+    ));
+    tracing::info!(addr = %admin_addr, "admin REST listening");
+    tracing::info!(addr = %grpc_addr, "admin gRPC listening");
+
+    data_dir.write_endpoints(&Endpoints {
+        admin: admin_addr.to_string(),
+        grpc: grpc_addr.to_string(),
+        mqtt: None,
+        mqtt_plain: None,
+        device_http: None,
+        ca: material.ca_pem.display().to_string(),
+    })?;
+    tracing::info!(data_dir = %data_dir.path().display(), "perch is ready");
+
+    shutdown.await;
+    tracing::info!("shutting down: no new connections, draining requests");
+    let _ = stop_tx.send(true);
+    let _ = admin_task.await;
+    let _ = grpc_task.await;
+    data_dir.remove_endpoints();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// TLS for an admin listener: none on loopback, the server certificate elsewhere (unless
+/// `--insecure-admin`).
+fn tls_for(
+    config: &ServeConfig,
+    addr: SocketAddr,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    alpn: &[&[u8]],
+) -> Result<Option<TlsAcceptor>> {
+    if is_loopback(&addr) || config.insecure_admin {
+        return Ok(None);
+    }
+    Ok(Some(TlsAcceptor::from(tls::server_config(
+        cert, key, alpn,
+    )?)))
+}

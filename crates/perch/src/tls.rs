@@ -1,0 +1,116 @@
+//! TLS material in `DIR/tls/`: a CA that devices are given (like Google's `roots.pem`) and a
+//! server certificate signed by it.
+//!
+//! The CA (`ca.pem`, `ca.key` 0600) is made once and kept. The server certificate
+//! (`server.pem`, `server.key` 0600) is issued again at every start, so that a new `--tls-san`
+//! or host name takes effect; devices trust the CA, not the leaf. `--tls-cert/--tls-key`
+//! replace the generated leaf entirely.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+
+use crate::datadir::write_private;
+
+/// Paths of the TLS material a server uses.
+#[derive(Debug, Clone)]
+pub struct TlsMaterial {
+    pub ca_pem: PathBuf,
+    pub cert_pem: PathBuf,
+    pub key_pem: PathBuf,
+}
+
+fn host_name() -> Option<String> {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+/// Makes (or reuses) the CA and issues the server certificate for localhost, loopback
+/// addresses, the host name and `extra_sans`.
+pub fn ensure(dir: &Path, extra_sans: &[String]) -> Result<TlsMaterial> {
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let ca_pem = dir.join("ca.pem");
+    let ca_key_path = dir.join("ca.key");
+    let issuer = if ca_pem.exists() && ca_key_path.exists() {
+        let key = KeyPair::from_pem(&fs::read_to_string(&ca_key_path)?)
+            .with_context(|| format!("{} is not a valid key", ca_key_path.display()))?;
+        Issuer::from_ca_cert_pem(&fs::read_to_string(&ca_pem)?, key)
+            .with_context(|| format!("{} is not a valid certificate", ca_pem.display()))?
+    } else {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Perch device CA");
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Perch");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2049, 12, 31);
+        let cert = params.self_signed(&key)?;
+        write_private(&ca_key_path, key.serialize_pem().as_bytes())?;
+        fs::write(&ca_pem, cert.pem())
+            .with_context(|| format!("cannot write {}", ca_pem.display()))?;
+        Issuer::new(params, key)
+    };
+
+    let mut sans = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    sans.extend(host_name());
+    sans.extend(extra_sans.iter().cloned());
+    sans.dedup();
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::new(sans)?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "perch server");
+    params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2049, 12, 31);
+    let cert = params.signed_by(&key, &issuer)?;
+    let cert_pem = dir.join("server.pem");
+    let key_pem = dir.join("server.key");
+    write_private(&key_pem, key.serialize_pem().as_bytes())?;
+    fs::write(&cert_pem, cert.pem())?;
+    Ok(TlsMaterial {
+        ca_pem,
+        cert_pem,
+        key_pem,
+    })
+}
+
+/// A rustls server config (ring provider, TLS 1.2 and 1.3) for a certificate chain and key.
+pub fn server_config(
+    cert_pem: &Path,
+    key_pem: &Path,
+    alpn: &[&[u8]],
+) -> Result<Arc<rustls::ServerConfig>> {
+    let certs = CertificateDer::pem_file_iter(cert_pem)
+        .with_context(|| format!("cannot read {}", cert_pem.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("{} holds no valid certificate", cert_pem.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key_pem)
+        .with_context(|| format!("{} holds no valid private key", key_pem.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("the TLS certificate and key do not match")?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
