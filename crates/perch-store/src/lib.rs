@@ -10,6 +10,8 @@
 
 pub mod embedded;
 mod error;
+pub mod log;
+pub mod pubsub;
 mod registry;
 
 pub use error::{Error, Result};

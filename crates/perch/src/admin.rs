@@ -1,5 +1,5 @@
-//! The admin surface: the router on `--admin` (cloudiot REST, discovery, `/healthz`) and the
-//! one on `--grpc` (DeviceManager), each behind the admin token unless the server runs `--dev`.
+//! The admin surface: the router on `--admin` (cloudiot and Pub/Sub REST, discovery, `/healthz`)
+//! and the one on `--grpc` (DeviceManager, Publisher, Subscriber), each behind the admin token unless the server runs `--dev`.
 
 use std::sync::Arc;
 
@@ -9,6 +9,7 @@ use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use perch_pubsub::api::grpc::PubsubApi;
 use perch_registry::api::grpc::DeviceManagerApi;
 use perch_registry::api::rest;
 use subtle::ConstantTimeEq;
@@ -92,9 +93,10 @@ async fn healthz() -> &'static str {
 }
 
 /// The router on `--admin`.
-pub fn rest_router(auth: AdminAuth, devices: DeviceManagerApi) -> Router {
-    let protected =
-        rest::router(devices).layer(middleware::from_fn_with_state(auth, require_token_rest));
+pub fn rest_router(auth: AdminAuth, devices: DeviceManagerApi, pubsub: PubsubApi) -> Router {
+    let protected = rest::router(devices)
+        .merge(perch_pubsub::api::rest::router(pubsub))
+        .layer(middleware::from_fn_with_state(auth, require_token_rest));
     Router::new()
         .route("/healthz", get(healthz))
         .merge(rest::discovery_router())
@@ -109,9 +111,11 @@ pub fn rest_router(auth: AdminAuth, devices: DeviceManagerApi) -> Router {
 }
 
 /// The router on `--grpc`.
-pub fn grpc_router(auth: AdminAuth, devices: DeviceManagerApi) -> Router {
+pub fn grpc_router(auth: AdminAuth, devices: DeviceManagerApi, pubsub: PubsubApi) -> Router {
     let mut routes = tonic::service::Routes::builder();
     routes.add_service(devices.into_server());
+    routes.add_service(pubsub.clone().publisher_server());
+    routes.add_service(pubsub.subscriber_server());
     routes
         .routes()
         .into_axum_router()

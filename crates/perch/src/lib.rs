@@ -5,6 +5,7 @@
 //! below it take listeners and return services.
 
 pub mod admin;
+pub mod bench;
 pub mod cli;
 pub mod datadir;
 pub mod http_server;

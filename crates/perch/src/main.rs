@@ -27,6 +27,8 @@ enum Command {
     Serve(ServeArgs),
     /// Manage registries and devices on a running server
     Iot(perch::cli::iot::IotArgs),
+    /// Benchmarks and load generators
+    Bench(perch::bench::BenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -138,6 +140,7 @@ async fn main() -> ExitCode {
             run_serve(args).await
         }
         Command::Iot(args) => perch::cli::iot::run(args).await,
+        Command::Bench(args) => perch::bench::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

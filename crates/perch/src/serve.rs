@@ -8,9 +8,11 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use perch_core::SystemClock;
+use perch_pubsub::api::grpc::PubsubApi;
+use perch_pubsub::{PubsubOptions, PubsubService};
 use perch_registry::api::grpc::DeviceManagerApi;
 use perch_registry::{RegistryService, RegistryServiceOptions};
-use perch_store::embedded::EmbeddedRegistryStore;
+use perch_store::embedded::{EmbeddedPubsubStore, EmbeddedRegistryStore, SegmentLog};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -70,26 +72,50 @@ pub async fn serve(
     );
     let devices = DeviceManagerApi::new(registry);
 
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let log = SegmentLog::open(&data_dir.path().join("pubsub").join("log")).with_context(|| {
+        format!(
+            "cannot open the message log in {}",
+            data_dir.path().display()
+        )
+    })?;
+    let pubsub_store =
+        EmbeddedPubsubStore::open(&data_dir.path().join("pubsub").join("pubsub.redb"))
+            .with_context(|| {
+                format!(
+                    "cannot open the Pub/Sub store in {}",
+                    data_dir.path().display()
+                )
+            })?;
+    let pubsub = PubsubService::open(
+        Arc::new(log),
+        Arc::new(pubsub_store),
+        PubsubOptions::default(),
+        stop_rx.clone(),
+    )
+    .await
+    .context("cannot load Pub/Sub topics and subscriptions")?;
+    let pubsub_api = PubsubApi::new(pubsub.clone());
+
     let admin_addr = listeners.admin.local_addr()?;
     let grpc_addr = listeners.grpc.local_addr()?;
     let admin_tls = tls_for(&config, admin_addr, &cert, &key, &[b"h2", b"http/1.1"])?;
     let grpc_tls = tls_for(&config, grpc_addr, &cert, &key, &[b"h2"])?;
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let admin_task = tokio::spawn(http_server::serve(
         "admin",
         listeners.admin,
-        admin::rest_router(auth.clone(), devices.clone()),
+        admin::rest_router(auth.clone(), devices.clone(), pubsub_api.clone()),
         admin_tls,
         stopped(stop_rx.clone()),
     ));
     let grpc_task = tokio::spawn(http_server::serve(
         "grpc",
         listeners.grpc,
-        admin::grpc_router(auth, devices),
+        admin::grpc_router(auth, devices, pubsub_api),
         grpc_tls,
         stopped(stop_rx),
     ));
@@ -111,6 +137,10 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     let _ = admin_task.await;
     let _ = grpc_task.await;
+    // Acks taken while draining are written before we exit.
+    if let Err(e) = pubsub.flush_progress().await {
+        tracing::error!(error = %e, "could not save acknowledgement progress; acked messages may be redelivered");
+    }
     data_dir.remove_endpoints();
     tracing::info!("stopped");
     Ok(())

@@ -1,0 +1,26 @@
+//! `perch bench …`: load generators and benchmarks that print measured figures (never timed
+//! tests). Each benchmark lives in its own module.
+
+pub mod registry;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+
+/// `perch bench …`
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub command: BenchCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Registry: device create rate, lookup latency, data-dir size and start-up time
+    Registry(registry::RegistryBenchArgs),
+}
+
+pub async fn run(args: BenchArgs) -> Result<()> {
+    match args.command {
+        BenchCommand::Registry(a) => registry::run(a).await,
+    }
+}
