@@ -38,6 +38,9 @@ pub const ATTRIBUTE_KEY_MAX_BYTES: usize = 256;
 pub const ATTRIBUTE_VALUE_MAX_BYTES: usize = 1024;
 /// Longest ordering key, in bytes (Perch choice; Google's is unverified).
 pub const ORDERING_KEY_MAX_BYTES: usize = 1024;
+/// Message bytes one Pull or StreamingPull response carries at most (a single larger message
+/// still goes alone): Google's clients in emulator mode keep gRPC's 4 MiB receive limit.
+pub const RESPONSE_MAX_BYTES: usize = 3 * 1024 * 1024 + 512 * 1024;
 /// Most messages one Pull returns (Perch cap).
 pub const PULL_MAX_MESSAGES: usize = 1000;
 /// Ack deadline bounds and default, in seconds (Google).
@@ -904,12 +907,14 @@ impl PubsubService {
         }
     }
 
-    /// Unary Pull: waits up to `pull_max_wait` for messages unless `return_immediately`.
+    /// Unary Pull: waits up to `pull_max_wait` (or `client_wait`, when the client's deadline is
+    /// shorter) for messages unless `return_immediately`.
     pub async fn pull(
         &self,
         name: &str,
         max_messages: usize,
         return_immediately: bool,
+        client_wait: Option<Duration>,
     ) -> Result<Vec<Delivery>> {
         if max_messages == 0 {
             return Err(invalid("maxMessages must be greater than 0"));
@@ -918,10 +923,15 @@ impl PubsubService {
         let max = max_messages.min(PULL_MAX_MESSAGES);
         let topic_uid = sub.config.read().map_err(poisoned)?.topic_uid;
         let mut appended = self.inner.log.watch(topic_uid)?;
-        let give_up = tokio::time::Instant::now() + self.inner.options.pull_max_wait;
+        let wait = client_wait.map_or(self.inner.options.pull_max_wait, |w| {
+            w.min(self.inner.options.pull_max_wait)
+        });
+        let give_up = tokio::time::Instant::now() + wait;
         loop {
             let deadline = sub.state.lock().map_err(poisoned)?.settings().ack_deadline;
-            let got = self.take(&sub, None, max, usize::MAX, deadline).await?;
+            let got = self
+                .take(&sub, None, max, RESPONSE_MAX_BYTES, deadline)
+                .await?;
             if !got.is_empty() || return_immediately || sub.deleted.load(Ordering::SeqCst) {
                 return Ok(got);
             }
@@ -1339,7 +1349,7 @@ impl Stream {
                 &self.sub,
                 Some(self.id),
                 max_count - count,
-                max_bytes - bytes,
+                (max_bytes - bytes).min(RESPONSE_MAX_BYTES),
                 deadline,
             )
             .await

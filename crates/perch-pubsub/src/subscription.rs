@@ -53,6 +53,12 @@ pub struct Delivery {
     pub delivery_attempt: i32,
 }
 
+/// Whether leasing `m` would take a non-empty delivery past `max_bytes` (a single message may
+/// exceed it alone, so that nothing is stuck behind a large one).
+fn would_overflow(taken: &Taken, bytes: usize, m: &StoredMessage, max_bytes: usize) -> bool {
+    !taken.deliveries.is_empty() && bytes.saturating_add(m.message.size()) > max_bytes
+}
+
 /// What one `take` produced.
 #[derive(Debug, Default)]
 pub struct Taken {
@@ -395,6 +401,10 @@ impl SubscriptionState {
         {
             if let Some(seq) = self.ready.pop_first() {
                 match read(seq, 1).into_iter().next().filter(|m| m.seq == seq) {
+                    Some(m) if would_overflow(&taken, bytes, &m, max_bytes) => {
+                        self.ready.insert(seq);
+                        break;
+                    }
                     Some(m) => bytes += self.consider(m, now, stream, deadline, &mut taken),
                     // Dropped by retention: nothing left to deliver.
                     None => self.mark_acked(seq, ""),
@@ -411,10 +421,12 @@ impl SubscriptionState {
                 self.next = head;
                 break;
             }
+            let mut full = false;
             for m in batch {
                 if taken.deliveries.len() >= max_count
-                    || (bytes >= max_bytes && !taken.deliveries.is_empty())
+                    || would_overflow(&taken, bytes, &m, max_bytes)
                 {
+                    full = true;
                     break;
                 }
                 // Skipped sequence numbers (retention) count as gone.
@@ -430,6 +442,9 @@ impl SubscriptionState {
                     continue;
                 }
                 bytes += self.consider(m, now, stream, deadline, &mut taken);
+            }
+            if full {
+                break;
             }
         }
         taken

@@ -221,6 +221,29 @@ impl Publisher for PubsubApi {
     }
 }
 
+/// Parses a `grpc-timeout` header (`<digits><H|M|S|m|u|n>`).
+fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// How long to wait so that an empty answer reaches the client before its deadline (SPEC.md
+/// §7.5): 90% of it, less 100 ms for the trip back.
+fn answer_before(client_deadline: Duration) -> Duration {
+    client_deadline
+        .mul_f64(0.9)
+        .saturating_sub(Duration::from_millis(100))
+}
+
 type ResponseStream =
     Pin<Box<dyn FuturesStream<Item = Result<pb::StreamingPullResponse, Status>> + Send>>;
 
@@ -351,12 +374,18 @@ impl Subscriber for PubsubApi {
         &self,
         request: Request<pb::PullRequest>,
     ) -> Result<Response<pb::PullResponse>, Status> {
+        let client_wait = request
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout)
+            .map(answer_before);
         let req = request.into_inner();
         let max = usize::try_from(req.max_messages).unwrap_or(0);
         #[allow(deprecated)]
         let deliveries = self
             .service
-            .pull(&req.subscription, max, req.return_immediately)
+            .pull(&req.subscription, max, req.return_immediately, client_wait)
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::PullResponse {

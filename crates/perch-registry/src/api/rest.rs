@@ -260,9 +260,14 @@ async fn dispatch(State(api): State<DeviceManagerApi>, request: Request) -> Resp
     let body = match axum::body::to_bytes(request.into_body(), MAX_REQUEST_BYTES).await {
         Ok(b) => b,
         Err(_) => {
-            return status_response(&invalid(format!(
+            // The rest of the body is unread: the connection cannot carry another request.
+            let mut response = status_response(&invalid(format!(
                 "the request body is larger than {MAX_REQUEST_BYTES} bytes"
             )));
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
         }
     };
     let path = uri.path().trim_start_matches("/v1/");
@@ -270,6 +275,11 @@ async fn dispatch(State(api): State<DeviceManagerApi>, request: Request) -> Resp
         Ok(response) => response,
         Err(status) => status_response(&status),
     }
+}
+
+/// The registry a registry- or group-level name belongs to (`…/registries/r/groups/g` → `…/registries/r`).
+fn registry_of(name: &str) -> String {
+    name.split("/groups/").next().unwrap_or(name).to_owned()
 }
 
 fn req<T>(message: T) -> tonic::Request<T> {
@@ -443,12 +453,12 @@ async fn handle(
         Call::RegistryVerb(verb) | Call::GroupVerb(verb) => match verb.as_str() {
             "bindDeviceToGateway" => {
                 let mut r: pb::BindDeviceToGatewayRequest = parse_body(body)?;
-                r.parent = name;
+                r.parent = registry_of(&name);
                 json_response(api.bind_device_to_gateway(req(r)).await?.get_ref())
             }
             "unbindDeviceFromGateway" => {
                 let mut r: pb::UnbindDeviceFromGatewayRequest = parse_body(body)?;
-                r.parent = name;
+                r.parent = registry_of(&name);
                 json_response(api.unbind_device_from_gateway(req(r)).await?.get_ref())
             }
             "setIamPolicy" => {

@@ -1,0 +1,155 @@
+//! What survives a stop: SIGTERM (clean exit), SIGKILL (crash), and an in-process shutdown,
+//! each followed by a restart on the same data dir.
+
+use perch_proto::iot as pb;
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+fn v1(path: &str) -> String {
+    format!("/v1/{LOCATION}{path}")
+}
+
+/// Creates registry `reg` (with an event config) and device `dev-1` (with a key and a second
+/// config version) over REST; returns them as the server answered.
+async fn populate(rest: &Rest) -> (Value, Value) {
+    let registry = rest
+        .post(
+            &v1("/registries"),
+            &json!({
+                "id": "reg",
+                "eventNotificationConfigs": [{"pubsubTopicName": "projects/p1/topics/t"}],
+                "mqttConfig": {"mqttEnabledState": "MQTT_DISABLED"}
+            }),
+        )
+        .await
+        .ok();
+    rest.post(
+        &v1("/registries/reg/devices"),
+        &json!({
+            "id": "dev-1",
+            "credentials": [{"publicKey": {"format": "ES256_PEM", "key": es256_public_key_pem()}}],
+            "metadata": {"k": "v"}
+        }),
+    )
+    .await
+    .ok();
+    rest.post(
+        &v1("/registries/reg/devices/dev-1:modifyCloudToDeviceConfig"),
+        &json!({"binaryData": "djI="}),
+    )
+    .await
+    .ok();
+    let device = rest.get(&v1("/registries/reg/devices/dev-1")).await.ok();
+    (registry, device)
+}
+
+async fn assert_still_there(rest: &Rest, registry: &Value, device: &Value) {
+    assert_eq!(&rest.get(&v1("/registries/reg")).await.ok(), registry);
+    assert_eq!(
+        &rest.get(&v1("/registries/reg/devices/dev-1")).await.ok(),
+        device
+    );
+    let versions = rest
+        .get(&v1("/registries/reg/devices/dev-1/configVersions"))
+        .await
+        .ok();
+    let versions: Vec<&Value> = versions["deviceConfigs"]
+        .as_array()
+        .expect("deviceConfigs")
+        .iter()
+        .map(|c| &c["version"])
+        .collect();
+    assert_eq!(versions, ["2", "1"]);
+}
+
+#[tokio::test]
+async fn sigterm_exits_0_removes_endpoints_and_a_restart_keeps_everything() {
+    let mut server = TestServer::spawn();
+    let token = server.token.clone();
+    let (registry, device) = populate(&server.rest()).await;
+    // An idle gRPC connection must not hold the shutdown up.
+    let mut grpc = server.grpc_client().await;
+    grpc.get_device_registry(pb::GetDeviceRegistryRequest {
+        name: registry_name("reg"),
+    })
+    .await
+    .expect("gRPC works before the stop");
+
+    let status = server.terminate().await;
+    assert_eq!(status.code(), Some(0), "{status}");
+    assert!(
+        !server.data_dir().join("endpoints.json").exists(),
+        "a clean stop removes endpoints.json"
+    );
+
+    let server = server.restart().await;
+    assert_eq!(server.token, token, "the admin token is kept");
+    assert_still_there(&server.rest(), &registry, &device).await;
+    let mut grpc = server.grpc_client().await;
+    let got = grpc
+        .get_device(pb::GetDeviceRequest {
+            name: device_name("reg", "dev-1"),
+            field_mask: None,
+        })
+        .await
+        .expect("gRPC after the restart")
+        .into_inner();
+    assert_eq!(got.metadata.get("k").map(String::as_str), Some("v"));
+}
+
+#[tokio::test]
+async fn sigkill_then_restart_keeps_acknowledged_creates() {
+    let mut server = TestServer::spawn();
+    let rest = server.rest();
+    let (registry, device) = populate(&rest).await;
+    let mut num_ids = Vec::new();
+    for i in 0..20 {
+        let d = rest
+            .post(
+                &v1("/registries/reg/devices"),
+                &json!({"id": format!("bulk-{i:02}")}),
+            )
+            .await
+            .ok();
+        num_ids.push(d["numId"].as_str().expect("numId").to_owned());
+    }
+    server.kill();
+
+    let server = server.restart().await;
+    let rest = server.rest();
+    assert_still_there(&rest, &registry, &device).await;
+    let listed = rest
+        .get(&v1("/registries/reg/devices?fieldMask=numId"))
+        .await
+        .ok();
+    let devices = listed["devices"].as_array().expect("devices");
+    assert_eq!(devices.len(), 21, "{listed}");
+    for (i, num_id) in num_ids.iter().enumerate() {
+        let d = rest
+            .get(&v1(&format!("/registries/reg/devices/{num_id}")))
+            .await
+            .ok();
+        assert_eq!(d["id"], format!("bulk-{i:02}"));
+    }
+    // The store is writable after the crash.
+    rest.post(&v1("/registries/reg/devices"), &json!({"id": "after"}))
+        .await
+        .ok();
+}
+
+#[tokio::test]
+async fn an_in_process_server_stops_cleanly_and_restarts_on_the_same_dir() {
+    let mut server = TestServer::start(false);
+    let token = server.token.clone();
+    let (registry, device) = populate(&server.rest()).await;
+    server
+        .shutdown()
+        .await
+        .expect("perch::serve returns Ok after its shutdown future resolves");
+    assert!(!server.data_dir().join("endpoints.json").exists());
+
+    let server = server.restart().await;
+    assert_eq!(server.token, token);
+    assert_still_there(&server.rest(), &registry, &device).await;
+}
