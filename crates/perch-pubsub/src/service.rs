@@ -21,7 +21,7 @@ use crate::config::{SnapshotConfig, SubscriptionConfig, TopicConfig};
 use crate::error::{failed_precondition, invalid, not_found};
 use crate::filter::Filter;
 use crate::names::{self, DELETED_TOPIC};
-use crate::subscription::{AckId, AckIdError, Delivery, DeliverySettings, SubscriptionState};
+use crate::subscription::{AckId, AckIdError, Delivery, DeliverySettings, SubscriptionState, Want};
 use crate::{Error, Result, push};
 
 /// Most messages in one publish request (Google).
@@ -358,12 +358,12 @@ impl PubsubService {
 
     pub async fn create_topic(&self, mut topic: TopicConfig) -> Result<TopicConfig> {
         names::topic(&topic.name)?;
-        if let Some(r) = topic.message_retention_seconds {
-            if !(RETENTION_MIN_SECONDS..=RETENTION_MAX_SECONDS).contains(&r) {
-                return Err(invalid(format!(
-                    "messageRetentionDuration must be between 10 minutes and 31 days, got {r}s"
-                )));
-            }
+        if let Some(r) = topic.message_retention_seconds
+            && !(RETENTION_MIN_SECONDS..=RETENTION_MAX_SECONDS).contains(&r)
+        {
+            return Err(invalid(format!(
+                "messageRetentionDuration must be between 10 minutes and 31 days, got {r}s"
+            )));
         }
         topic.uid = random_uid();
         self.inner
@@ -417,12 +417,12 @@ impl PubsubService {
             match path.as_str() {
                 "labels" => topic.labels = update.labels.clone(),
                 "message_retention_duration" => {
-                    if let Some(r) = update.message_retention_seconds {
-                        if !(RETENTION_MIN_SECONDS..=RETENTION_MAX_SECONDS).contains(&r) {
-                            return Err(invalid(format!(
-                                "messageRetentionDuration must be between 10 minutes and 31 days, got {r}s"
-                            )));
-                        }
+                    if let Some(r) = update.message_retention_seconds
+                        && !(RETENTION_MIN_SECONDS..=RETENTION_MAX_SECONDS).contains(&r)
+                    {
+                        return Err(invalid(format!(
+                            "messageRetentionDuration must be between 10 minutes and 31 days, got {r}s"
+                        )));
                     }
                     topic.message_retention_seconds = update.message_retention_seconds;
                 }
@@ -570,12 +570,12 @@ impl PubsubService {
                 c.message_retention_seconds
             )));
         }
-        if let Some(ttl) = c.expiration_ttl_seconds {
-            if ttl < EXPIRATION_TTL_MIN_SECONDS {
-                return Err(invalid(format!(
-                    "expirationPolicy.ttl must be at least 1 day, got {ttl}s"
-                )));
-            }
+        if let Some(ttl) = c.expiration_ttl_seconds
+            && ttl < EXPIRATION_TTL_MIN_SECONDS
+        {
+            return Err(invalid(format!(
+                "expirationPolicy.ttl must be at least 1 day, got {ttl}s"
+            )));
         }
         if !c.filter.is_empty() {
             Filter::parse(&c.filter)
@@ -622,13 +622,13 @@ impl PubsubService {
                 ));
             }
         }
-        if let Some(p) = &c.push {
-            if !(p.endpoint.starts_with("http://") || p.endpoint.starts_with("https://")) {
-                return Err(invalid(format!(
-                    "pushConfig.pushEndpoint must be an http or https URL, got '{}'",
-                    p.endpoint
-                )));
-            }
+        if let Some(p) = &c.push
+            && !(p.endpoint.starts_with("http://") || p.endpoint.starts_with("https://"))
+        {
+            return Err(invalid(format!(
+                "pushConfig.pushEndpoint must be an http or https URL, got '{}'",
+                p.endpoint
+            )));
         }
         Ok(())
     }
@@ -852,21 +852,19 @@ impl PubsubService {
                 log.read(topic_uid, from, n, MESSAGE_MAX_BYTES)
                     .unwrap_or_default()
             };
-            state.take(
-                Instant::now(),
+            let want = Want {
                 stream,
-                max,
+                max_count: max,
                 max_bytes,
                 deadline,
-                head,
-                &mut read,
-            )
+            };
+            state.take(Instant::now(), want, head, &mut read)
         };
-        if !taken.dead_letters.is_empty() {
-            if let Some(policy) = dead_letter {
-                self.forward_dead_letters(&sub_name, &policy.topic, taken.dead_letters)
-                    .await;
-            }
+        if !taken.dead_letters.is_empty()
+            && let Some(policy) = dead_letter
+        {
+            self.forward_dead_letters(&sub_name, &policy.topic, taken.dead_letters)
+                .await;
         }
         Ok(taken.deliveries)
     }

@@ -59,6 +59,16 @@ fn would_overflow(taken: &Taken, bytes: usize, m: &StoredMessage, max_bytes: usi
     !taken.deliveries.is_empty() && bytes.saturating_add(m.message.size()) > max_bytes
 }
 
+/// What a `take` asks for: which stream leases the messages, how many and how many bytes at
+/// most, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct Want {
+    pub stream: Option<u64>,
+    pub max_count: usize,
+    pub max_bytes: usize,
+    pub deadline: Duration,
+}
+
 /// What one `take` produced.
 #[derive(Debug, Default)]
 pub struct Taken {
@@ -224,13 +234,13 @@ impl SubscriptionState {
     fn end_lease(&mut self, seq: u64) -> Option<Lease> {
         let lease = self.leases.remove(&seq)?;
         self.deadlines.remove(&(lease.deadline, seq));
-        if let Some(stream) = lease.stream {
-            if let Some(o) = self.streams.get_mut(&stream) {
-                o.0 = o.0.saturating_sub(1);
-                o.1 = o.1.saturating_sub(lease.bytes);
-                if o.0 == 0 {
-                    self.streams.remove(&stream);
-                }
+        if let Some(stream) = lease.stream
+            && let Some(o) = self.streams.get_mut(&stream)
+        {
+            o.0 = o.0.saturating_sub(1);
+            o.1 = o.1.saturating_sub(lease.bytes);
+            if o.0 == 0 {
+                self.streams.remove(&stream);
             }
         }
         Some(lease)
@@ -386,13 +396,16 @@ impl SubscriptionState {
     pub fn take(
         &mut self,
         now: Instant,
-        stream: Option<u64>,
-        max_count: usize,
-        max_bytes: usize,
-        deadline: Duration,
+        want: Want,
         head: u64,
         read: &mut dyn FnMut(u64, usize) -> Vec<StoredMessage>,
     ) -> Taken {
+        let Want {
+            stream,
+            max_count,
+            max_bytes,
+            deadline,
+        } = want;
         self.tick(now);
         let mut taken = Taken::default();
         let mut bytes = 0usize;
@@ -460,11 +473,11 @@ impl SubscriptionState {
         taken: &mut Taken,
     ) -> usize {
         let seq = m.seq;
-        if let Some(filter) = &self.settings.filter {
-            if !filter.matches(&m.message.attributes) {
-                self.mark_acked(seq, "");
-                return 0;
-            }
+        if let Some(filter) = &self.settings.filter
+            && !filter.matches(&m.message.attributes)
+        {
+            self.mark_acked(seq, "");
+            return 0;
         }
         let key = if self.settings.ordering {
             m.message.ordering_key.clone()
@@ -472,12 +485,12 @@ impl SubscriptionState {
             String::new()
         };
         let attempts = self.attempts.get(&seq).copied().unwrap_or(0);
-        if let Some(max) = self.settings.max_delivery_attempts {
-            if attempts >= max {
-                self.mark_acked(seq, &key);
-                taken.dead_letters.push((m, attempts));
-                return 0;
-            }
+        if let Some(max) = self.settings.max_delivery_attempts
+            && attempts >= max
+        {
+            self.mark_acked(seq, &key);
+            taken.dead_letters.push((m, attempts));
+            return 0;
         }
         if !key.is_empty() {
             match self.busy_keys.get(&key) {
@@ -594,15 +607,13 @@ mod tests {
                 .cloned()
                 .collect()
         };
-        state.take(
-            now,
-            None,
-            max,
-            usize::MAX,
-            Duration::from_secs(10),
-            head,
-            &mut read,
-        )
+        let want = Want {
+            stream: None,
+            max_count: max,
+            max_bytes: usize::MAX,
+            deadline: Duration::from_secs(10),
+        };
+        state.take(now, want, head, &mut read)
     }
 
     fn seqs(t: &Taken) -> Vec<u64> {

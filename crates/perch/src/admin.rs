@@ -115,7 +115,8 @@ pub fn grpc_router(auth: AdminAuth, devices: DeviceManagerApi, pubsub: PubsubApi
     let mut routes = tonic::service::Routes::builder();
     routes.add_service(devices.into_server());
     routes.add_service(pubsub.clone().publisher_server());
-    routes.add_service(pubsub.subscriber_server());
+    routes.add_service(pubsub.clone().subscriber_server());
+    routes.add_service(pubsub.iam_server());
     routes
         .routes()
         .into_axum_router()

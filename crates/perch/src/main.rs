@@ -27,6 +27,8 @@ enum Command {
     Serve(ServeArgs),
     /// Manage registries and devices on a running server
     Iot(perch::cli::iot::IotArgs),
+    /// Manage Pub/Sub topics and subscriptions, publish and pull
+    Pubsub(perch::cli::pubsub::PubsubArgs),
     /// Benchmarks and load generators
     Bench(perch::bench::BenchArgs),
 }
@@ -140,6 +142,7 @@ async fn main() -> ExitCode {
             run_serve(args).await
         }
         Command::Iot(args) => perch::cli::iot::run(args).await,
+        Command::Pubsub(args) => perch::cli::pubsub::run(args).await,
         Command::Bench(args) => perch::bench::run(args).await,
     };
     match result {

@@ -229,7 +229,6 @@ pub(crate) fn snapshot_to_proto(s: &SnapshotConfig) -> pb::Snapshot {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
-        ..Default::default()
     }
 }
 

@@ -214,15 +214,6 @@ async fn dispatch_resource(
     result.unwrap_or_else(|s| status_response(&s))
 }
 
-fn fixed_policy() -> iam::Policy {
-    iam::Policy {
-        version: 1,
-        bindings: vec![],
-        audit_configs: vec![],
-        etag: b"perch".to_vec(),
-    }
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn handle(
     api: &PubsubApi,
@@ -236,25 +227,12 @@ async fn handle(
 ) -> Result<Response, Status> {
     // IAM is single-admin: the resource must exist, the policy is fixed (docs/pubsub.md).
     if let Some(v @ ("getIamPolicy" | "setIamPolicy" | "testIamPermissions")) = verb {
-        match collection {
-            "topics" => drop(api.service().get_topic(&name).map_err(super::to_status)?),
-            "subscriptions" => drop(
-                api.service()
-                    .get_subscription(&name)
-                    .map_err(super::to_status)?,
-            ),
-            "snapshots" => drop(
-                api.service()
-                    .get_snapshot(&name)
-                    .map_err(super::to_status)?,
-            ),
-            _ => {}
-        }
+        api.check_iam_resource(&name)?;
         return Ok(match v {
-            "getIamPolicy" => json(&fixed_policy()),
+            "getIamPolicy" => json(&super::grpc::fixed_policy()),
             "setIamPolicy" => {
                 let r: iam::SetIamPolicyRequest = parse(body)?;
-                json(&r.policy.unwrap_or_else(fixed_policy))
+                json(&r.policy.unwrap_or_else(super::grpc::fixed_policy))
             }
             _ => {
                 let r: iam::TestIamPermissionsRequest = parse(body)?;

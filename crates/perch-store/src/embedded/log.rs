@@ -713,10 +713,10 @@ impl MessageLog for SegmentLog {
             .unwrap_or(0);
         let mut reader = SegmentReader::new(&segment.file, start, segment.len);
         while let Some((_, body)) = reader.next() {
-            if let Some((seq, time)) = decode_head(&body) {
-                if time >= t {
-                    return Ok(seq);
-                }
+            if let Some((seq, time)) = decode_head(&body)
+                && time >= t
+            {
+                return Ok(seq);
             }
         }
         Ok(segment.end_seq())
@@ -765,7 +765,7 @@ mod tests {
         NewMessage {
             data: Bytes::from(format!("payload-{i}")),
             attributes: BTreeMap::from([("i".to_owned(), i.to_string())]),
-            ordering_key: if i % 2 == 0 {
+            ordering_key: if i.is_multiple_of(2) {
                 "even".into()
             } else {
                 String::new()

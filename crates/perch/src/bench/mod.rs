@@ -1,6 +1,7 @@
 //! `perch bench …`: load generators and benchmarks that print measured figures (never timed
 //! tests). Each benchmark lives in its own module.
 
+pub mod pubsub;
 pub mod registry;
 
 use anyhow::Result;
@@ -17,10 +18,13 @@ pub struct BenchArgs {
 pub enum BenchCommand {
     /// Registry: device create rate, lookup latency, data-dir size and start-up time
     Registry(registry::RegistryBenchArgs),
+    /// Pub/Sub beside NATS JetStream: publish and end-to-end rates, latency, backlog memory
+    Pubsub(pubsub::PubsubBenchArgs),
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
     match args.command {
         BenchCommand::Registry(a) => registry::run(a).await,
+        BenchCommand::Pubsub(a) => pubsub::run(a).await,
     }
 }

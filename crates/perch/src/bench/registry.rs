@@ -23,13 +23,16 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use hdrhistogram::Histogram;
 use perch_core::model::{Device, DeviceCredential, PublicKeyFormat, Registry};
-use perch_core::{DeviceId, DeviceName, DeviceRef, LocationName, RegistryId, SystemClock};
+use perch_core::{
+    DeviceId, DeviceName, DeviceRef, LocationName, RegistryId, RegistryName, SystemClock,
+};
 use perch_proto::iot;
 use perch_proto::iot::device_manager_client::DeviceManagerClient;
 use perch_registry::{RegistryService, RegistryServiceOptions};
 use perch_store::embedded::EmbeddedRegistryStore;
-use rand::Rng;
+use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
@@ -175,7 +178,7 @@ enum Target {
     },
     Store {
         service: RegistryService,
-        registry: perch_core::RegistryName,
+        registry: RegistryName,
     },
 }
 
@@ -209,8 +212,11 @@ impl Target {
     }
 }
 
-fn device_id(i: usize) -> String {
+/// The bench's device names: `dev-0000000`, `dev-0000001`, …
+fn device_id(i: usize) -> DeviceId {
     format!("dev-{i:07}")
+        .parse()
+        .expect("dev-NNNNNNN is a valid device id")
 }
 
 fn new_histogram() -> Histogram<u64> {
@@ -377,7 +383,7 @@ async fn create_devices_api(
                         return Ok::<_, anyhow::Error>(histogram);
                     }
                     let device = iot::Device {
-                        id: device_id(i),
+                        id: device_id(i).to_string(),
                         credentials: vec![iot::DeviceCredential {
                             expiration_time: None,
                             credential: Some(iot::device_credential::Credential::PublicKey(
@@ -472,7 +478,7 @@ async fn run_store(
     let service = open_service(&data_dir.registry_path())?;
     let reopen_open = t.elapsed();
     let t = Instant::now();
-    let device = DeviceRef::Id(parse_device_id(rand::rng().random_range(0..args.devices))?);
+    let device = random_device(&mut StdRng::from_rng(&mut rand::rng()), args.devices);
     let mut target = Target::Store {
         service,
         registry: registry.clone(),
@@ -507,16 +513,14 @@ fn open_service(path: &Path) -> Result<RegistryService> {
     ))
 }
 
-fn parse_device_id(i: usize) -> Result<DeviceId> {
-    let id = device_id(i);
-    id.parse()
-        .with_context(|| format!("`{id}` is not a valid device id"))
+fn random_device(rng: &mut StdRng, devices: usize) -> DeviceRef {
+    DeviceRef::Id(device_id(rng.random_range(0..devices)))
 }
 
 /// `--batch` devices per `create_devices` call, so one transaction (and one fsync) per batch.
 async fn create_devices_store(
     service: &RegistryService,
-    registry: &perch_core::RegistryName,
+    registry: &RegistryName,
     args: &RegistryBenchArgs,
 ) -> Result<CreateFigures> {
     let keys = device_keys()?;
@@ -527,15 +531,15 @@ async fn create_devices_store(
         let end = (done + args.batch).min(args.devices);
         let devices = (done..end)
             .map(|i| {
-                let mut device = Device::new(parse_device_id(i)?, 0);
+                let mut device = Device::new(device_id(i), 0);
                 device.credentials.push(DeviceCredential {
                     format: PublicKeyFormat::Es256Pem,
                     key: keys[i % keys.len()].clone(),
                     expiration_time: None,
                 });
-                Ok(device)
+                device
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<Vec<_>>();
         let t = Instant::now();
         service
             .create_devices(registry, devices)
@@ -564,28 +568,20 @@ async fn measure_lookups(
     target: Target,
     args: &RegistryBenchArgs,
 ) -> Result<(f64, Vec<LookupFigures>)> {
-    let mut rng = rand::rng();
-    let mut first = target.clone();
+    let mut rng = StdRng::from_rng(&mut rand::rng());
     let t = Instant::now();
-    first
-        .get_device(&DeviceRef::Id(parse_device_id(
-            rng.random_range(0..args.devices),
-        )?))
+    target
+        .clone()
+        .get_device(&random_device(&mut rng, args.devices))
         .await
         .context("the first lookup failed; does the registry hold --devices bench devices?")?;
     let first_lookup_ms = millis(t.elapsed());
-    drop(first);
     if args.lookups == 0 {
         return Ok((first_lookup_ms, Vec::new()));
     }
-
-    let by_id = (0..args.lookups)
-        .map(|_| {
-            Ok(DeviceRef::Id(parse_device_id(
-                rng.random_range(0..args.devices),
-            )?))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let mut by_id: Vec<DeviceRef> = (0..args.lookups)
+        .map(|_| random_device(&mut rng, args.devices))
+        .collect();
     let (figures, num_ids) = lookup_round("id", &target, by_id.clone(), 1).await?;
     let mut by_num_id: Vec<DeviceRef> = num_ids.into_iter().map(DeviceRef::NumId).collect();
     by_num_id.shuffle(&mut rng);
@@ -596,19 +592,11 @@ async fn measure_lookups(
             .0,
     );
     if args.concurrency > 1 {
-        let mut by_id = by_id;
         by_id.shuffle(&mut rng);
         by_num_id.shuffle(&mut rng);
-        out.push(
-            lookup_round("id", &target, by_id, args.concurrency)
-                .await?
-                .0,
-        );
-        out.push(
-            lookup_round("numId", &target, by_num_id, args.concurrency)
-                .await?
-                .0,
-        );
+        for (by, refs) in [("id", by_id), ("numId", by_num_id)] {
+            out.push(lookup_round(by, &target, refs, args.concurrency).await?.0);
+        }
     }
     Ok((first_lookup_ms, out))
 }
@@ -716,7 +704,7 @@ fn print_table(r: &Report) {
     }
     if let Some(c) = &r.create {
         println!(
-            "  create          {} devices in {:.1} s = {:.0} devices/s",
+            "  create          {} devices in {:.2} s = {:.0} devices/s",
             c.devices, c.seconds, c.devices_per_second
         );
         println!(
@@ -759,5 +747,67 @@ fn print_table(r: &Report) {
             fmt_micros(s.open_ms * 1e3),
             fmt_micros(s.first_lookup_ms * 1e3)
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: RegistryBenchArgs,
+    }
+
+    fn parse(flags: &[&str]) -> Result<RegistryBenchArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("bench").chain(flags.iter().copied())).map(|c| c.args)
+    }
+
+    #[test]
+    fn exactly_one_mode_is_required_and_store_needs_a_data_dir() {
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["--api", "--store", "--data-dir", "d"]).is_err());
+        assert!(parse(&["--store"]).is_err());
+        assert!(parse(&["--api", "--lookups-only"]).is_err());
+        assert!(parse(&["--store", "--data-dir", "d"]).is_ok());
+        assert!(parse(&["--api", "--lookups-only", "--registry", "r1x"]).is_ok());
+    }
+
+    #[tokio::test]
+    async fn store_mode_creates_devices_then_finds_them_again_after_reopening() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_str().unwrap();
+        let flags = [
+            "--store",
+            "--data-dir",
+            dir,
+            "--devices",
+            "50",
+            "--batch",
+            "20",
+        ];
+        let mut args = parse(&flags).unwrap();
+        args.lookups = 30;
+        args.concurrency = 3;
+        let location = LocationName {
+            project: "p".into(),
+            location: "l".into(),
+        };
+        let id: RegistryId = "bench-test".parse().unwrap();
+        let report = run_store(&args, location.clone(), id.clone())
+            .await
+            .unwrap();
+        assert_eq!(report.create.unwrap().devices, 50);
+        assert_eq!(report.lookups.len(), 4);
+        assert!(report.lookups.iter().all(|l| l.count == 30));
+        assert!(report.data_dir.unwrap().apparent_bytes > 0);
+
+        args.lookups_only = true;
+        let again = run_store(&args, location, id).await.unwrap();
+        assert!(again.create.is_none());
+        assert_eq!(again.lookups.len(), 4);
     }
 }

@@ -1,4 +1,4 @@
-//! The gcloud-shaped CLI: `perch iot …` against a running server's admin REST API.
+//! The gcloud-shaped CLI: `perch iot …` and `perch pubsub …` against a running server's admin REST API.
 //!
 //! Every command resolves the endpoint (`--endpoint`, `PERCH_ENDPOINT`, or
 //! `DIR/endpoints.json`) and token (`PERCH_TOKEN` or `DIR/admin-token`), prints a table (or
@@ -7,6 +7,7 @@
 pub mod client;
 pub mod iot;
 pub mod output;
+pub mod pubsub;
 
 use std::path::PathBuf;
 

@@ -600,3 +600,72 @@ fn serve_on_a_busy_admin_port_exits_1_naming_the_flag() {
         "a server that never listened announces no endpoints"
     );
 }
+
+#[test]
+fn pubsub_topic_subscription_publish_and_filtered_pull() {
+    let server = TestServer::spawn();
+    server.pubsub_cli(&["topics", "create", "temperature"]).ok();
+    server
+        .pubsub_cli(&[
+            "subscriptions",
+            "create",
+            "temp-sub",
+            "--topic",
+            "temperature",
+            "--filter",
+            r#"attributes.subFolder = "temperature""#,
+        ])
+        .ok();
+    let listed = server
+        .pubsub_cli(&["subscriptions", "list"])
+        .ok()
+        .to_owned();
+    assert!(
+        listed.contains("projects/perch/subscriptions/temp-sub"),
+        "{listed}"
+    );
+    for (msg, folder) in [("21.5", "temperature"), ("noise", "other")] {
+        let out = server
+            .pubsub_cli(&[
+                "topics",
+                "publish",
+                "temperature",
+                "--message",
+                msg,
+                "--attribute",
+                &format!("subFolder={folder}"),
+            ])
+            .ok()
+            .to_owned();
+        assert!(out.starts_with("messageIds: "), "{out}");
+    }
+    let pulled = server
+        .pubsub_cli(&[
+            "subscriptions",
+            "pull",
+            "temp-sub",
+            "--auto-ack",
+            "--limit",
+            "10",
+            "--format",
+            "json",
+        ])
+        .json();
+    let received = pulled.as_array().expect("a list of received messages");
+    assert_eq!(received.len(), 1, "{pulled}");
+    assert_eq!(received[0]["message"]["data"], "MjEuNQ==");
+    assert_eq!(
+        received[0]["message"]["attributes"]["subFolder"],
+        "temperature"
+    );
+    // Acked: nothing is left.
+    let again = server
+        .pubsub_cli(&["subscriptions", "pull", "temp-sub", "--format", "json"])
+        .json();
+    assert_eq!(again.as_array().map(Vec::len), Some(0), "{again}");
+
+    let missing = server.pubsub_cli(&["subscriptions", "pull", "nope"]);
+    assert!(!missing.status.success());
+    assert_eq!(lines(&missing.stderr).len(), 1, "{}", missing.stderr);
+    assert!(missing.stderr.contains("NOT_FOUND"), "{}", missing.stderr);
+}

@@ -263,14 +263,23 @@ impl TestServer {
 
     /// Runs `perch iot --data-dir DIR ARGS…` against this server.
     pub(crate) fn cli(&self, args: &[&str]) -> CliOutput {
+        self.cli_group("iot", args)
+    }
+
+    /// Runs `perch pubsub --data-dir DIR ARGS…` against this server.
+    pub(crate) fn pubsub_cli(&self, args: &[&str]) -> CliOutput {
+        self.cli_group("pubsub", args)
+    }
+
+    fn cli_group(&self, group: &str, args: &[&str]) -> CliOutput {
         let output = perch_command()
-            .arg("iot")
+            .arg(group)
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(args)
             .stdin(Stdio::null())
             .output()
-            .expect("run perch iot");
+            .expect("run perch");
         CliOutput::from(output)
     }
 
