@@ -164,3 +164,51 @@ def admin_factory():
     yield make
     for client in made:
         client.close()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# device bridges (MQTT + HTTPS): fixtures for test_mqtt.py and test_http_bridge.py
+#
+# The bridge tests run on servers of their own that also open the plain MQTT listener (`--mqtt-plain`, used by
+# the hostile-input tests), so kicked / revoked / misbehaving device connections never share a server with the
+# admin and Pub/Sub suites.
+
+BRIDGE_ARGS = ("--mqtt-plain", "127.0.0.1:0")
+
+
+def _new_bridge_server(base: Path) -> PerchServer:
+    n = next(_counter)
+    server = PerchServer(PERCH_BIN, base / f"data-{n}", base / f"perch-{n}.log", dev=True, extra_args=BRIDGE_ARGS)
+    _LIVE_SERVERS.append(server)
+    return server
+
+
+@pytest.fixture(scope="session")
+def bridge_server(tmp_path_factory):
+    """One shared `perch serve --dev … --mqtt-plain 127.0.0.1:0` for the device-bridge tests (isolated by project)."""
+    server = _new_bridge_server(tmp_path_factory.mktemp("perch-bridge"))
+    server.start()
+    yield server
+    _shutdown(server)
+
+
+@pytest.fixture
+def live_bridge_server(bridge_server):
+    bridge_server.assert_running()
+    yield bridge_server
+    bridge_server.assert_running()
+
+
+@pytest.fixture
+def bridge_server_factory(tmp_path):
+    """`bridge_server_factory()` -> a started dev server with the plain MQTT listener, private to the test."""
+    made: list[PerchServer] = []
+
+    def make(*, start: bool = True) -> PerchServer:
+        server = _new_bridge_server(tmp_path)
+        made.append(server)
+        return server.start() if start else server
+
+    yield make
+    for server in made:
+        _shutdown(server)

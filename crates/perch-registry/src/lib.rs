@@ -7,7 +7,9 @@
 #![deny(clippy::unwrap_used)]
 
 pub mod api;
+pub mod auth;
 mod error;
+pub mod events;
 pub mod keys;
 pub mod mask;
 pub mod page;
@@ -15,6 +17,6 @@ mod service;
 
 pub use error::{Error, Result};
 pub use service::{
-    DeviceListQuery, DevicePatch, DeviceUpdateField, GatewayListOption, RegistryPatch,
-    RegistryService, RegistryServiceOptions, RegistryUpdateField,
+    COMMAND_DATA_MAX_BYTES, DeviceListQuery, DevicePatch, DeviceUpdateField, GatewayListOption,
+    RegistryPatch, RegistryService, RegistryServiceOptions, RegistryUpdateField,
 };

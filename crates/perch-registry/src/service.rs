@@ -22,6 +22,7 @@ use perch_core::{
 };
 use perch_store::RegistryStore;
 
+use crate::events::{CommandSink, EVENT_CHANNEL_CAPACITY, RegistryEvent};
 use crate::keys;
 use crate::{Result, page};
 
@@ -42,6 +43,9 @@ impl Default for RegistryServiceOptions {
         }
     }
 }
+
+/// Largest command payload (IoT Core: 256 KB).
+pub const COMMAND_DATA_MAX_BYTES: usize = 256 * 1024;
 
 /// Registry fields an update mask may name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +151,8 @@ pub struct RegistryService {
     store: Arc<dyn RegistryStore>,
     clock: Arc<dyn Clock>,
     options: RegistryServiceOptions,
+    events: tokio::sync::broadcast::Sender<RegistryEvent>,
+    commands: Arc<std::sync::OnceLock<Arc<dyn CommandSink>>>,
 }
 
 fn clamp_page_size(requested: usize) -> usize {
@@ -315,7 +321,39 @@ impl RegistryService {
             store,
             clock,
             options,
+            events: tokio::sync::broadcast::channel(EVENT_CHANNEL_CAPACITY).0,
+            commands: Arc::new(std::sync::OnceLock::new()),
         }
+    }
+
+    /// Changes made through the admin API, for live connections to act on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<RegistryEvent> {
+        self.events.subscribe()
+    }
+
+    /// Where `sendCommandToDevice` delivers; set once by the composition root.
+    pub fn set_command_sink(&self, sink: Arc<dyn CommandSink>) {
+        let _ = self.commands.set(sink);
+    }
+
+    fn emit(&self, event: RegistryEvent) {
+        // No subscriber (no bridge running) is fine.
+        let _ = self.events.send(event);
+    }
+
+    /// Updates a device for the bridges' own bookkeeping (activity times, state reports, config
+    /// acks, last error). Emits no event: these changes come from the device itself.
+    pub async fn record_device_activity(
+        &self,
+        registry: &RegistryName,
+        device: &DeviceRef,
+        update: Box<dyn FnOnce(&mut Device) + Send>,
+    ) -> Result<Device> {
+        let update = Box::new(move |d: &mut Device| {
+            update(d);
+            Ok(())
+        });
+        Ok(self.store.update_device(registry, device, update).await?)
     }
 
     pub fn store(&self) -> &Arc<dyn RegistryStore> {
@@ -451,12 +489,18 @@ impl RegistryService {
             }
             Ok(())
         });
-        Ok(self.store.update_registry(name, update).await?)
+        let registry = self.store.update_registry(name, update).await?;
+        self.emit(RegistryEvent::RegistryChanged {
+            registry: Box::new(registry.clone()),
+        });
+        Ok(registry)
     }
 
     pub async fn delete_registry(&self, name: &RegistryName) -> Result<()> {
         self.check_location(&name.location())?;
-        Ok(self.store.delete_registry(name).await?)
+        self.store.delete_registry(name).await?;
+        self.emit(RegistryEvent::RegistryDeleted { name: name.clone() });
+        Ok(())
     }
 
     // ----- devices -----
@@ -691,18 +735,28 @@ impl RegistryService {
             }
             Ok(())
         });
-        Ok(self
+        let device = self
             .store
             .update_device(&name.registry, &name.device, update)
-            .await?)
+            .await?;
+        self.emit(RegistryEvent::DeviceChanged {
+            registry: name.registry.clone(),
+            device: Box::new(device.clone()),
+        });
+        Ok(device)
     }
 
     pub async fn delete_device(&self, name: &DeviceName) -> Result<Device> {
         self.check_location(&name.registry.location())?;
-        Ok(self
+        let device = self
             .store
             .delete_device(&name.registry, &name.device)
-            .await?)
+            .await?;
+        self.emit(RegistryEvent::DeviceDeleted {
+            registry: name.registry.clone(),
+            num_id: device.num_id,
+        });
+        Ok(device)
     }
 
     /// Stores a new config version; `version_to_update` 0 is unconditional, otherwise it must be
@@ -751,6 +805,11 @@ impl RegistryService {
             .store
             .update_device(&name.registry, &name.device, update)
             .await?;
+        self.emit(RegistryEvent::ConfigChanged {
+            registry: name.registry.clone(),
+            num_id: device.num_id,
+            config: device.config.clone(),
+        });
         Ok(device.config)
     }
 
@@ -866,11 +925,28 @@ impl RegistryService {
         subfolder: &str,
     ) -> Result<()> {
         let device = self.get_device(name).await?;
-        let _ = (data, subfolder);
-        Err(Rejection::failed_precondition(format!(
-            "Device `{}` is not connected or not subscribed to commands.",
-            device.id
-        ))
-        .into())
+        if data.len() > COMMAND_DATA_MAX_BYTES {
+            return Err(Rejection::invalid_argument(format!(
+                "the command data has {} bytes; the limit is {COMMAND_DATA_MAX_BYTES}",
+                data.len()
+            ))
+            .into());
+        }
+        if subfolder.len() > 256 || subfolder.contains(['+', '#', '\0']) {
+            return Err(Rejection::invalid_argument(format!(
+                "the command subfolder '{subfolder}' is invalid: at most 256 characters, no '+', '#' or NUL"
+            ))
+            .into());
+        }
+        match self.commands.get() {
+            Some(sink) => Ok(sink
+                .send_command(&name.registry, &device, data.to_vec(), subfolder.to_owned())
+                .await?),
+            None => Err(Rejection::failed_precondition(format!(
+                "Device `{}` is not connected; it is not subscribed to the commands topic.",
+                device.id
+            ))
+            .into()),
+        }
     }
 }

@@ -44,13 +44,13 @@ struct ServeArgs {
     /// gRPC (google.cloud.iot.v1, google.pubsub.v1)
     #[arg(long, default_value = "127.0.0.1:8085")]
     grpc: SocketAddr,
-    /// MQTT over TLS (the MQTT bridge is not built yet: accepted and ignored)
+    /// MQTT over TLS
     #[arg(long, default_value = "0.0.0.0:8883")]
     mqtt: SocketAddr,
-    /// MQTT without TLS (not built yet)
+    /// MQTT without TLS (off unless given)
     #[arg(long)]
     mqtt_plain: Option<SocketAddr>,
-    /// HTTPS device bridge (not built yet: accepted and ignored)
+    /// HTTPS device bridge
     #[arg(long, default_value = "0.0.0.0:8443")]
     device_http: SocketAddr,
     /// No admin token (emulator style); device authentication stays on
@@ -118,6 +118,12 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
     let listeners = Listeners {
         admin: bind("admin", args.admin).await?,
         grpc: bind("grpc", args.grpc).await?,
+        mqtt: Some(bind("mqtt", args.mqtt).await?),
+        mqtt_plain: match args.mqtt_plain {
+            Some(addr) => Some(bind("mqtt-plain", addr).await?),
+            None => None,
+        },
+        device_http: Some(bind("device-http", args.device_http).await?),
     };
     let config = ServeConfig {
         data_dir: args.data_dir,
@@ -127,7 +133,6 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         tls_sans: args.tls_san,
         insecure_admin: args.insecure_admin,
     };
-    let _ = (args.mqtt, args.mqtt_plain, args.device_http);
     perch::serve(config, data_dir, listeners, shutdown_signal()).await
 }
 

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use perch_bridge::{Bridge, BridgeOptions};
 use perch_core::SystemClock;
 use perch_pubsub::api::grpc::PubsubApi;
 use perch_pubsub::{PubsubOptions, PubsubService};
@@ -32,11 +33,18 @@ pub struct ServeConfig {
     pub insecure_admin: bool,
 }
 
-/// Listeners bound by the caller (port 0 in tests).
+/// Listeners bound by the caller (port 0 in tests). The device listeners are optional so that
+/// admin-only tests need not bind them.
 #[derive(Debug)]
 pub struct Listeners {
     pub admin: TcpListener,
     pub grpc: TcpListener,
+    /// MQTT over TLS.
+    pub mqtt: Option<TcpListener>,
+    /// MQTT without TLS (off unless asked for).
+    pub mqtt_plain: Option<TcpListener>,
+    /// The HTTPS device bridge.
+    pub device_http: Option<TcpListener>,
 }
 
 fn is_loopback(addr: &SocketAddr) -> bool {
@@ -70,7 +78,7 @@ pub async fn serve(
         Arc::new(SystemClock),
         RegistryServiceOptions::default(),
     );
-    let devices = DeviceManagerApi::new(registry);
+    let devices = DeviceManagerApi::new(registry.clone());
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let log = SegmentLog::open(&data_dir.path().join("pubsub").join("log")).with_context(|| {
@@ -96,6 +104,12 @@ pub async fn serve(
     .await
     .context("cannot load Pub/Sub topics and subscriptions")?;
     let pubsub_api = PubsubApi::new(pubsub.clone());
+    let bridge = Bridge::new(
+        registry,
+        pubsub.clone(),
+        BridgeOptions::default(),
+        stop_rx.clone(),
+    );
 
     let admin_addr = listeners.admin.local_addr()?;
     let grpc_addr = listeners.grpc.local_addr()?;
@@ -117,17 +131,56 @@ pub async fn serve(
         listeners.grpc,
         admin::grpc_router(auth, devices, pubsub_api),
         grpc_tls,
-        stopped(stop_rx),
+        stopped(stop_rx.clone()),
     ));
+    let mut device_tasks = Vec::new();
+    let mut mqtt_addr = None;
+    let mut mqtt_plain_addr = None;
+    let mut device_http_addr = None;
+    if let Some(l) = listeners.mqtt {
+        let addr = l.local_addr()?;
+        let acceptor = TlsAcceptor::from(tls::server_config(&cert, &key, &[])?);
+        let b = bridge.clone();
+        let stop = stopped(stop_rx.clone());
+        device_tasks.push(tokio::spawn(async move {
+            b.serve_mqtt("mqtt", l, Some(acceptor), stop).await
+        }));
+        tracing::info!(%addr, "MQTT over TLS listening");
+        mqtt_addr = Some(addr.to_string());
+    }
+    if let Some(l) = listeners.mqtt_plain {
+        let addr = l.local_addr()?;
+        let b = bridge.clone();
+        let stop = stopped(stop_rx.clone());
+        device_tasks.push(tokio::spawn(async move {
+            b.serve_mqtt("mqtt_plain", l, None, stop).await
+        }));
+        tracing::warn!(%addr, "MQTT without TLS listening: device JWTs cross the network in clear text");
+        mqtt_plain_addr = Some(addr.to_string());
+    }
+    if let Some(l) = listeners.device_http {
+        let addr = l.local_addr()?;
+        let acceptor = TlsAcceptor::from(tls::server_config(&cert, &key, &[b"http/1.1"])?);
+        let router = bridge.http_router();
+        device_tasks.push(tokio::spawn(http_server::serve(
+            "device_http",
+            l,
+            router,
+            Some(acceptor),
+            stopped(stop_rx.clone()),
+        )));
+        tracing::info!(%addr, "HTTPS device bridge listening");
+        device_http_addr = Some(addr.to_string());
+    }
     tracing::info!(addr = %admin_addr, "admin REST listening");
     tracing::info!(addr = %grpc_addr, "admin gRPC listening");
 
     data_dir.write_endpoints(&Endpoints {
         admin: admin_addr.to_string(),
         grpc: grpc_addr.to_string(),
-        mqtt: None,
-        mqtt_plain: None,
-        device_http: None,
+        mqtt: mqtt_addr,
+        mqtt_plain: mqtt_plain_addr,
+        device_http: device_http_addr,
         ca: material.ca_pem.display().to_string(),
     })?;
     tracing::info!(data_dir = %data_dir.path().display(), "perch is ready");
@@ -137,6 +190,9 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     let _ = admin_task.await;
     let _ = grpc_task.await;
+    for t in device_tasks {
+        let _ = t.await;
+    }
     // Acks taken while draining are written before we exit.
     if let Err(e) = pubsub.flush_progress().await {
         tracing::error!(error = %e, "could not save acknowledgement progress; acked messages may be redelivered");

@@ -34,6 +34,7 @@ use hdrhistogram::Histogram;
 use pb::publisher_client::PublisherClient;
 use pb::subscriber_client::SubscriberClient;
 use perch_proto::pubsub as pb;
+use perch_pubsub::service::PUBLISH_MAX_MESSAGES;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -50,8 +51,6 @@ const STAMP_BYTES: usize = 16;
 const PHASE_TIMEOUT: Duration = Duration::from_secs(900);
 /// How long the servers idle before the second memory reading.
 const SETTLE: Duration = Duration::from_secs(5);
-/// Most messages one Perch Publish request may carry (Google's limit, enforced by Perch).
-const PUBLISH_MAX_MESSAGES: usize = 1000;
 
 /// `perch bench pubsub`
 #[derive(Debug, Args)]
@@ -68,6 +67,9 @@ pub struct PubsubBenchArgs {
     /// NATS server with JetStream; repeat to compare several (e.g. with and without fsync)
     #[arg(long = "nats", default_value = "nats://127.0.0.1:4222")]
     nats: Vec<String>,
+    /// Measure Perch alone
+    #[arg(long, conflicts_with = "nats")]
+    no_nats: bool,
     /// Messages per phase (publish, and again end to end)
     #[arg(long, default_value_t = 200_000)]
     messages: usize,
@@ -280,7 +282,7 @@ pub async fn run(args: PubsubBenchArgs) -> Result<()> {
         bail!("--size must be at least {STAMP_BYTES} bytes (send time and index)");
     }
     let mut systems = vec![run_perch(&args).await?];
-    for url in &args.nats {
+    for url in args.nats.iter().filter(|_| !args.no_nats) {
         systems.push(run_jetstream(&args, url).await?);
     }
     let report = Report {
@@ -375,9 +377,11 @@ async fn run_perch(args: &PubsubBenchArgs) -> Result<SystemReport> {
         .create_subscription(create(subscription("-e2e"), topic("")))
         .await
         .context("CreateSubscription failed")?;
+    // The consumer gets its own connection, as a separate subscriber process would have.
+    let (consumer_channel, _) = perch_channel(args).await?;
     let meter = Meter::start(pid);
     let consumer = tokio::spawn(perch_consume(
-        channel.clone(),
+        consumer_channel,
         subscription("-e2e"),
         args.messages,
         args.max_outstanding,
@@ -570,8 +574,9 @@ async fn run_jetstream(args: &PubsubBenchArgs, url: &str) -> Result<SystemReport
     let pid = find_listener_pid(&addr);
     let js = jetstream::new(client);
     let id = run_id().replace('-', "_");
+    let stream_name = |suffix: &str| format!("{id}{suffix}").to_uppercase();
     let stream_config = |suffix: &str| jetstream::stream::Config {
-        name: format!("{id}{suffix}").to_uppercase(),
+        name: stream_name(suffix),
         subjects: vec![format!("{id}{suffix}.>")],
         storage: jetstream::stream::StorageType::File,
         ..Default::default()
@@ -593,10 +598,20 @@ async fn run_jetstream(args: &PubsubBenchArgs, url: &str) -> Result<SystemReport
     let publish = jetstream_publish(&js, format!("{id}.publish"), args.messages, args, pid).await?;
 
     eprintln!("jetstream {url}: end to end, {} messages", args.messages);
-    let consumer = stream
+    stream
         .create_consumer(durable("e2e", format!("{id}.e2e")))
         .await
         .map_err(|e| anyhow::anyhow!("cannot create a JetStream consumer: {e}"))?;
+    // The consumer gets its own connection, as a separate subscriber process would have.
+    let consumer_js = jetstream::new(
+        async_nats::connect(url)
+            .await
+            .with_context(|| format!("cannot connect to NATS at {url}"))?,
+    );
+    let consumer: jetstream::consumer::PullConsumer = consumer_js
+        .get_consumer_from_stream("e2e", stream_name(""))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open the JetStream consumer: {e}"))?;
     let meter = Meter::start(pid);
     let consuming = tokio::spawn(jetstream_consume(consumer, args.messages));
     let e2e_publish = jetstream_publish(&js, format!("{id}.e2e"), args.messages, args, pid).await?;
@@ -625,9 +640,7 @@ async fn run_jetstream(args: &PubsubBenchArgs, url: &str) -> Result<SystemReport
     };
 
     for suffix in ["", "_backlog"] {
-        let _ = js
-            .delete_stream(format!("{id}{suffix}").to_uppercase())
-            .await;
+        let _ = js.delete_stream(stream_name(suffix)).await;
     }
     Ok(SystemReport {
         system: "jetstream",
@@ -909,7 +922,10 @@ fn print_table(r: &Report) {
             "backlog publish msgs/s".into(),
             cell(&|m| format!("{:.0}", m.publish.msgs_per_s)),
         ));
-        rows.push(("RSS idle".into(), cell(&|m| fmt_mib(m.rss_before_bytes))));
+        rows.push((
+            "RSS before backlog".into(),
+            cell(&|m| fmt_mib(m.rss_before_bytes)),
+        ));
         rows.push((
             "RSS after backlog".into(),
             cell(&|m| fmt_mib(m.rss_after_bytes)),
@@ -992,11 +1008,16 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_perch_phase_runs_against_a_real_server() {
+        // As `main` does: the server's HTTP clients need a TLS provider.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let tmp = tempfile::tempdir().unwrap();
         let data_dir = crate::datadir::DataDir::open(tmp.path()).unwrap();
         let listeners = crate::Listeners {
             admin: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
             grpc: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            mqtt: None,
+            mqtt_plain: None,
+            device_http: None,
         };
         let grpc = listeners.grpc.local_addr().unwrap().to_string();
         let config = crate::ServeConfig {

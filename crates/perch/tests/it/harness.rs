@@ -123,6 +123,9 @@ impl TestServer {
                     let listeners = Listeners {
                         admin: tokio::net::TcpListener::from_std(admin_std)?,
                         grpc: tokio::net::TcpListener::from_std(grpc_std)?,
+                        mqtt: None,
+                        mqtt_plain: None,
+                        device_http: None,
                     };
                     perch::serve(config, dir, listeners, async move {
                         let _ = stop_rx.await;

@@ -1,0 +1,136 @@
+//! The bridge: what MQTT connections and HTTP requests share (registry, Pub/Sub, sessions,
+//! activity batching) and the knobs they obey.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use perch_pubsub::PubsubService;
+use perch_registry::RegistryService;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+
+use crate::activity::Activity;
+use crate::mqtt::codec::DEFAULT_MAX_PACKET_BYTES;
+use crate::sessions::Sessions;
+
+/// Limits and timeouts of the device bridges (defaults follow IoT Core, SPEC.md §4.10).
+#[derive(Debug, Clone)]
+pub struct BridgeOptions {
+    /// A client must send CONNECT within this time after TCP/TLS setup (Perch choice).
+    pub connect_timeout: Duration,
+    /// Close a connection without any inbound packet for this long (IoT Core: 20 min).
+    pub idle_timeout: Duration,
+    /// Close every connection at this age (IoT Core: 24 h).
+    pub max_connection_age: Duration,
+    /// Resend an unacknowledged QoS 1 config this often (Perch choice, SPEC.md §4.7).
+    pub config_resend_interval: Duration,
+    /// Largest telemetry payload (IoT Core: 256 KB).
+    pub telemetry_max_bytes: usize,
+    /// Largest state payload (IoT Core: 64 KB).
+    pub state_max_bytes: usize,
+    /// Largest MQTT packet buffered; bigger ones close the connection while decoding.
+    pub max_packet_bytes: usize,
+    /// Concurrent MQTT connections; more wait in the accept backlog.
+    pub max_connections: usize,
+    /// A TLS handshake must finish within this time.
+    pub tls_handshake_timeout: Duration,
+    /// Refuse a bad SUBSCRIBE with SUBACK 0x80 instead of closing (IoT Core closed).
+    pub subscribe_failure_suback: bool,
+}
+
+impl Default for BridgeOptions {
+    fn default() -> Self {
+        BridgeOptions {
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(20 * 60),
+            max_connection_age: Duration::from_secs(24 * 3600),
+            config_resend_interval: Duration::from_secs(20),
+            telemetry_max_bytes: 256 * 1024,
+            state_max_bytes: 64 * 1024,
+            max_packet_bytes: DEFAULT_MAX_PACKET_BYTES,
+            max_connections: 50_000,
+            tls_handshake_timeout: Duration::from_secs(10),
+            subscribe_failure_suback: false,
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) registry: RegistryService,
+    pub(crate) pubsub: PubsubService,
+    pub(crate) sessions: Sessions,
+    pub(crate) activity: Activity,
+    pub(crate) options: BridgeOptions,
+    pub(crate) connections: Arc<Semaphore>,
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+/// The device bridges; cheap to clone.
+#[derive(Clone)]
+pub struct Bridge {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Bridge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bridge")
+            .field("sessions", &self.inner.sessions.count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bridge {
+    /// Builds the bridges, registers them as the registry's command sink, and starts following
+    /// registry changes and flushing activity times. Everything stops when `shutdown` flips.
+    pub fn new(
+        registry: RegistryService,
+        pubsub: PubsubService,
+        options: BridgeOptions,
+        shutdown: watch::Receiver<bool>,
+    ) -> Bridge {
+        let sessions = Sessions::default();
+        registry.set_command_sink(Arc::new(sessions.clone()));
+        tokio::spawn(sessions.clone().follow(registry.subscribe()));
+        let activity = Activity::default();
+        tokio::spawn(activity.clone().run(registry.clone(), shutdown.clone()));
+        Bridge {
+            inner: Arc::new(Inner {
+                connections: Arc::new(Semaphore::new(options.max_connections)),
+                registry,
+                pubsub,
+                sessions,
+                activity,
+                options,
+                shutdown,
+            }),
+        }
+    }
+
+    /// Live MQTT sessions.
+    pub fn connected_devices(&self) -> usize {
+        self.inner.sessions.count()
+    }
+
+    /// Serves MQTT on a bound listener (TLS when `tls` is given) until `shutdown` resolves.
+    pub async fn serve_mqtt(
+        &self,
+        name: &'static str,
+        listener: TcpListener,
+        tls: Option<TlsAcceptor>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        crate::mqtt::listener::serve(self.inner.clone(), name, listener, tls, shutdown).await
+    }
+
+    /// The HTTP device bridge routes (`publishEvent`, `setState`, `getConfig`).
+    pub fn http_router(&self) -> axum::Router {
+        crate::http::router(self.inner.clone())
+    }
+}
+
+/// Resolves once `shutdown` says stop (without holding the channel's lock across awaits).
+pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}

@@ -1,0 +1,384 @@
+//! The HTTP device bridge (`cloudiotdevice.googleapis.com` DeviceService, SPEC.md §5):
+//! `publishEvent`, `setState` and `getConfig`, each request carrying its own device JWT.
+//!
+//! Served on `--device-http` (HTTPS). Bodies accept camelCase and snake_case and every base64
+//! flavour firmware sends; success is always exactly 200, as the samples require.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use base64::Engine;
+use base64::engine::DecodePaddingMode;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
+use chrono::Utc;
+use perch_core::model::{Device, Registry};
+use perch_core::{DeviceName, ErrorCode, RegistryName};
+use perch_registry::auth::verify_device_jwt;
+use perch_store::log::NewMessage;
+use serde::Deserialize;
+
+use crate::bridge::Inner;
+use crate::mqtt::connection::store_state;
+use crate::router::{self, DeviceIdentity};
+
+/// Largest request body (a 256 KB payload, base64-encoded, with JSON around it).
+const BODY_MAX_BYTES: usize = 512 * 1024;
+
+type Failure = (ErrorCode, String);
+
+fn failure(code: ErrorCode, message: impl Into<String>) -> Failure {
+    (code, message.into())
+}
+
+fn error_response((code, message): Failure) -> Response {
+    let body = serde_json::json!({ "error": { "code": code.http_status(), "message": message, "status": code.as_str() } });
+    let http =
+        StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (http, axum::Json(body)).into_response()
+}
+
+pub(crate) fn router(bridge: Arc<Inner>) -> Router {
+    Router::new()
+        .route("/{version}/projects/{project}/locations/{location}/registries/{registry}/devices/{*rest}", any(handle))
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_MAX_BYTES))
+        .with_state(bridge)
+}
+
+/// Standard or URL-safe base64, padded or not.
+fn decode_base64(field: &str, s: &str) -> Result<Vec<u8>, Failure> {
+    const LENIENT: GeneralPurposeConfig =
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+    let url_safe = GeneralPurpose::new(&base64::alphabet::URL_SAFE, LENIENT);
+    let standard = GeneralPurpose::new(&base64::alphabet::STANDARD, LENIENT);
+    standard
+        .decode(s)
+        .or_else(|_| url_safe.decode(s))
+        .map_err(|_| {
+            failure(
+                ErrorCode::InvalidArgument,
+                format!("'{field}' is not valid base64"),
+            )
+        })
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct PublishEventBody {
+    #[serde(alias = "binary_data")]
+    #[serde(rename = "binaryData")]
+    binary_data: String,
+    #[serde(alias = "sub_folder")]
+    #[serde(rename = "subFolder")]
+    sub_folder: String,
+    #[serde(alias = "gateway_info")]
+    #[serde(rename = "gatewayInfo")]
+    gateway_info: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct StateBody {
+    #[serde(alias = "binary_data")]
+    #[serde(rename = "binaryData")]
+    binary_data: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct SetStateBody {
+    state: StateBody,
+    #[serde(alias = "gateway_info")]
+    #[serde(rename = "gatewayInfo")]
+    gateway_info: Option<serde_json::Value>,
+}
+
+fn parse_json<T: for<'de> Deserialize<'de> + Default>(body: &Bytes) -> Result<T, Failure> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        failure(
+            ErrorCode::InvalidArgument,
+            format!("the request body is not valid JSON for this method: {e}"),
+        )
+    })
+}
+
+fn no_gateways(info: &Option<serde_json::Value>) -> Result<(), Failure> {
+    match info {
+        None | Some(serde_json::Value::Null) => Ok(()),
+        Some(v) if v.as_object().is_some_and(|o| o.is_empty()) => Ok(()),
+        Some(_) => Err(failure(
+            ErrorCode::Unimplemented,
+            "gatewayInfo is not supported by Perch's HTTP bridge yet",
+        )),
+    }
+}
+
+async fn handle(
+    State(bridge): State<Arc<Inner>>,
+    Path((version, project, location, registry, rest)): Path<(
+        String,
+        String,
+        String,
+        String,
+        String,
+    )>,
+    method: Method,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match serve(
+        &bridge,
+        &version,
+        &project,
+        &location,
+        &registry,
+        &rest,
+        &method,
+        query.as_deref(),
+        &headers,
+        &body,
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(f) => error_response(f),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    bridge: &Inner,
+    version: &str,
+    project: &str,
+    location: &str,
+    registry: &str,
+    rest: &str,
+    method: &Method,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, Failure> {
+    if version != "v1" && version != "v1beta1" {
+        return Err(failure(
+            ErrorCode::NotFound,
+            format!("no device API version '{version}'; use v1"),
+        ));
+    }
+    let (device, call) = if let Some(d) = rest.strip_suffix(":publishEvent") {
+        (d, "publishEvent")
+    } else if let Some(d) = rest.strip_suffix(":setState") {
+        (d, "setState")
+    } else if let Some(d) = rest.strip_suffix("/config") {
+        (d, "getConfig")
+    } else {
+        return Err(failure(
+            ErrorCode::NotFound,
+            format!("no device method serves '{rest}'"),
+        ));
+    };
+    let expected_method = if call == "getConfig" {
+        Method::GET
+    } else {
+        Method::POST
+    };
+    if *method != expected_method {
+        return Err(failure(
+            ErrorCode::NotFound,
+            format!("{call} takes {expected_method}, not {method}"),
+        ));
+    }
+    let name = DeviceName::parse(
+        "name",
+        &format!("projects/{project}/locations/{location}/registries/{registry}/devices/{device}"),
+    )
+    .map_err(|e| failure(ErrorCode::InvalidArgument, e.to_string()))?;
+    let (identity, registry, device) = authenticate(bridge, &name, headers).await?;
+    match call {
+        "publishEvent" => {
+            let body: PublishEventBody = parse_json(body)?;
+            no_gateways(&body.gateway_info)?;
+            let data = decode_base64("binaryData", &body.binary_data)?;
+            if data.len() > bridge.options.telemetry_max_bytes {
+                return Err(failure(
+                    ErrorCode::InvalidArgument,
+                    format!(
+                        "the telemetry payload has {} bytes; the limit is {}",
+                        data.len(),
+                        bridge.options.telemetry_max_bytes
+                    ),
+                ));
+            }
+            let Some(topic) = router::route(&registry.event_notification_configs, &body.sub_folder)
+            else {
+                return Err(failure(
+                    ErrorCode::FailedPrecondition,
+                    format!(
+                        "registry `{}` has no event notification config for subfolder '{}'",
+                        registry.id, body.sub_folder
+                    ),
+                ));
+            };
+            let message = NewMessage {
+                data: Bytes::from(data),
+                attributes: router::trusted_attributes(&identity, &body.sub_folder),
+                ordering_key: String::new(),
+            };
+            bridge
+                .pubsub
+                .publish(topic, vec![message])
+                .await
+                .map_err(|e| {
+                    failure(
+                        e.code(),
+                        format!("the telemetry could not be published to `{topic}`: {e}"),
+                    )
+                })?;
+            bridge
+                .activity
+                .event(&identity.registry, identity.num_id, Utc::now());
+            Ok(ok_json(serde_json::json!({})))
+        }
+        "setState" => {
+            let body: SetStateBody = parse_json(body)?;
+            no_gateways(&body.gateway_info)?;
+            let data = decode_base64("state.binaryData", &body.state.binary_data)?;
+            if data.len() > bridge.options.state_max_bytes {
+                return Err(failure(
+                    ErrorCode::InvalidArgument,
+                    format!(
+                        "the state payload has {} bytes; the limit is {}",
+                        data.len(),
+                        bridge.options.state_max_bytes
+                    ),
+                ));
+            }
+            store_state(bridge, &identity, &registry, Bytes::from(data))
+                .await
+                .map_err(|r| failure(r.code, r.message))?;
+            Ok(ok_json(serde_json::json!({})))
+        }
+        _ => {
+            let local = local_version(query)?;
+            let latest = device.config.version;
+            if local > latest {
+                return Err(failure(
+                    ErrorCode::OutOfRange,
+                    format!(
+                        "local_version {local} is newer than the latest config version {latest}"
+                    ),
+                ));
+            }
+            let now = Utc::now();
+            let update = Box::new(move |d: &mut Device| d.last_config_send_time = Some(now));
+            let _ = bridge
+                .registry
+                .record_device_activity(
+                    &identity.registry,
+                    &perch_core::DeviceRef::NumId(identity.num_id),
+                    update,
+                )
+                .await;
+            let mut out = serde_json::json!({ "version": latest.to_string() });
+            // The device already has the latest version: nothing to send but the number.
+            if local != latest && !device.config.binary_data.is_empty() {
+                out["binaryData"] = STANDARD.encode(&device.config.binary_data).into();
+            }
+            Ok(ok_json(out))
+        }
+    }
+}
+
+fn ok_json(v: serde_json::Value) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
+        v.to_string(),
+    )
+        .into_response()
+}
+
+fn local_version(query: Option<&str>) -> Result<i64, Failure> {
+    let Some(q) = query else { return Ok(0) };
+    for pair in q.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k == "local_version" || k == "localVersion" {
+            return v.parse().map_err(|_| {
+                failure(
+                    ErrorCode::InvalidArgument,
+                    format!("local_version must be a number, got '{v}'"),
+                )
+            });
+        }
+    }
+    Ok(0)
+}
+
+/// The device JWT in `Authorization: Bearer …`, checked against the device's credentials.
+async fn authenticate(
+    bridge: &Inner,
+    name: &DeviceName,
+    headers: &HeaderMap,
+) -> Result<(DeviceIdentity, Registry, Device), Failure> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.split_once(' ')
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, t)| t.trim())
+        })
+        .ok_or_else(|| {
+            failure(
+                ErrorCode::Unauthenticated,
+                "the request needs 'Authorization: Bearer <device JWT>'",
+            )
+        })?;
+    let registry = bridge
+        .registry
+        .get_registry(&name.registry)
+        .await
+        .map_err(|e| failure(e.code(), e.to_string()))?;
+    let device = bridge
+        .registry
+        .get_device(name)
+        .await
+        .map_err(|e| failure(e.code(), e.to_string()))?;
+    if !registry.http_state.is_enabled() {
+        return Err(failure(
+            ErrorCode::PermissionDenied,
+            format!("HTTP is disabled for registry `{}`", registry.id),
+        ));
+    }
+    if device.blocked {
+        return Err(failure(
+            ErrorCode::PermissionDenied,
+            format!("device `{}` is blocked", device.id),
+        ));
+    }
+    verify_device_jwt(
+        token,
+        &name.registry.project,
+        &device.credentials,
+        Utc::now(),
+    )
+    .map_err(|e| {
+        failure(
+            ErrorCode::Unauthenticated,
+            format!("the device JWT was refused: {e}"),
+        )
+    })?;
+    let identity = DeviceIdentity {
+        registry: RegistryName::clone(&name.registry),
+        device_id: device.id.clone(),
+        num_id: device.num_id,
+    };
+    Ok((identity, registry, device))
+}

@@ -1,0 +1,17 @@
+//! Perch's device bridges: MQTT 3.1.1 over TLS and the HTTP device API, speaking Cloud IoT
+//! Core's wire protocol, and the router that stamps trusted identity attributes on every
+//! message before it reaches Pub/Sub.
+//!
+//! This crate is the trust boundary: it alone parses bytes from devices. `mqtt::codec` is pure
+//! (bytes ⇄ packets); `mqtt::connection` owns one socket each; `sessions` is the live map
+//! device → connection that revocations, configs and commands go through.
+#![deny(clippy::unwrap_used)]
+
+mod activity;
+mod bridge;
+pub mod http;
+pub mod mqtt;
+pub mod router;
+mod sessions;
+
+pub use bridge::{Bridge, BridgeOptions};

@@ -1,0 +1,8 @@
+//! MQTT 3.1.1: `codec` (bytes ⇄ packets, no I/O), `topic` (the IoT Core topic grammar),
+//! `connection` (one task per connection: handshake, ACL, keep-alive, JWT expiry, QoS 1,
+//! config and command delivery) and `listener` (accept loop, TLS, connection cap).
+
+pub mod codec;
+pub(crate) mod connection;
+pub(crate) mod listener;
+pub mod topic;

@@ -1,0 +1,225 @@
+//! The live map device → connection. A new CONNECT for a device closes the older connection;
+//! revocations, config pushes and commands reach connections through here.
+//!
+//! Each connection owns an `mpsc` control channel; this map only holds senders. In a cluster this
+//! map is per node and control messages will travel over NATS subjects.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use perch_core::model::{Device, DeviceConfig, Registry};
+use perch_core::{ErrorCode, RegistryName, Rejection};
+use perch_registry::events::{CommandSink, RegistryEvent};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+/// Control messages a connection obeys.
+#[derive(Debug)]
+pub(crate) enum Control {
+    /// Close, recording this status on the device.
+    Kick { code: ErrorCode, message: String },
+    /// The device changed through the admin API: re-check blocked and credentials.
+    DeviceChanged(Box<Device>),
+    /// The registry changed: new routes, maybe MQTT disabled.
+    RegistryChanged(Box<Registry>),
+    /// A new config version to push if subscribed.
+    Config(DeviceConfig),
+    /// A command to deliver; the reply says whether it was.
+    Command {
+        subfolder: String,
+        data: Bytes,
+        reply: oneshot::Sender<Result<(), Rejection>>,
+    },
+}
+
+/// Capacity of a connection's control channel.
+pub(crate) const CONTROL_CHANNEL_CAPACITY: usize = 64;
+
+#[derive(Debug)]
+struct Entry {
+    conn_id: u64,
+    registry: RegistryName,
+    tx: mpsc::Sender<Control>,
+}
+
+/// Live MQTT sessions by device numeric id.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Sessions {
+    map: Arc<Mutex<HashMap<u64, Entry>>>,
+    next_conn: Arc<AtomicU64>,
+}
+
+/// Text IoT Core recorded on the connection a newer one replaced (SPEC.md §4.3).
+const REPLACED: &str = "SERVER: The connection was closed because there is another active connection with the same device ID.";
+
+impl Sessions {
+    /// Registers a connection for a device, closing any older one; returns this connection's id.
+    pub(crate) fn register(
+        &self,
+        num_id: u64,
+        registry: RegistryName,
+        tx: mpsc::Sender<Control>,
+    ) -> u64 {
+        let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed) + 1;
+        let old = self.map.lock().ok().and_then(|mut m| {
+            m.insert(
+                num_id,
+                Entry {
+                    conn_id,
+                    registry,
+                    tx,
+                },
+            )
+        });
+        if let Some(old) = old {
+            deliver(
+                old.tx,
+                Control::Kick {
+                    code: ErrorCode::AlreadyExists,
+                    message: REPLACED.into(),
+                },
+            );
+        }
+        conn_id
+    }
+
+    /// Forgets a connection, unless a newer one already took its place.
+    pub(crate) fn unregister(&self, num_id: u64, conn_id: u64) {
+        if let Ok(mut m) = self.map.lock()
+            && m.get(&num_id).is_some_and(|e| e.conn_id == conn_id)
+        {
+            m.remove(&num_id);
+        }
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        self.map.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    fn sender(&self, num_id: u64) -> Option<mpsc::Sender<Control>> {
+        self.map.lock().ok()?.get(&num_id).map(|e| e.tx.clone())
+    }
+
+    fn send(&self, num_id: u64, control: Control) {
+        if let Some(tx) = self.sender(num_id) {
+            deliver(tx, control);
+        }
+    }
+
+    fn in_registry(&self, registry: &RegistryName) -> Vec<mpsc::Sender<Control>> {
+        self.map
+            .lock()
+            .map(|m| {
+                m.values()
+                    .filter(|e| &e.registry == registry)
+                    .map(|e| e.tx.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn all(&self) -> Vec<(u64, mpsc::Sender<Control>)> {
+        self.map
+            .lock()
+            .map(|m| m.iter().map(|(k, e)| (*k, e.tx.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    /// Applies registry events to live connections until the channel closes.
+    pub(crate) async fn follow(self, mut events: broadcast::Receiver<RegistryEvent>) {
+        loop {
+            match events.recv().await {
+                Ok(RegistryEvent::DeviceChanged { device, .. }) => {
+                    let num_id = device.num_id;
+                    self.send(num_id, Control::DeviceChanged(device));
+                }
+                Ok(RegistryEvent::DeviceDeleted { num_id, .. }) => self.send(
+                    num_id,
+                    Control::Kick {
+                        code: ErrorCode::NotFound,
+                        message: "SERVER: The device was deleted.".into(),
+                    },
+                ),
+                Ok(RegistryEvent::ConfigChanged { num_id, config, .. }) => {
+                    self.send(num_id, Control::Config(config))
+                }
+                Ok(RegistryEvent::RegistryChanged { registry }) => {
+                    for tx in self.in_registry(&registry.name()) {
+                        deliver(tx, Control::RegistryChanged(registry.clone()));
+                    }
+                }
+                Ok(RegistryEvent::RegistryDeleted { name }) => {
+                    for tx in self.in_registry(&name) {
+                        deliver(
+                            tx,
+                            Control::Kick {
+                                code: ErrorCode::NotFound,
+                                message: "SERVER: The registry was deleted.".into(),
+                            },
+                        );
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    // Events were lost: a revocation may be among them, so every connection
+                    // must reconnect and be authenticated afresh.
+                    tracing::warn!(
+                        missed,
+                        "registry events lagged; closing every MQTT connection so devices re-authenticate"
+                    );
+                    for (_, tx) in self.all() {
+                        deliver(
+                            tx,
+                            Control::Kick {
+                                code: ErrorCode::Unavailable,
+                                message: "SERVER: The connection was reset.".into(),
+                            },
+                        );
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+}
+
+/// Sends a control message without blocking the caller; a full channel waits in a task (a
+/// revocation must not be dropped).
+fn deliver(tx: mpsc::Sender<Control>, control: Control) {
+    match tx.try_send(control) {
+        Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+        Err(mpsc::error::TrySendError::Full(control)) => {
+            tokio::spawn(async move {
+                let _ = tx.send(control).await;
+            });
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl CommandSink for Sessions {
+    async fn send_command(
+        &self,
+        _registry: &RegistryName,
+        device: &Device,
+        data: Vec<u8>,
+        subfolder: String,
+    ) -> Result<(), Rejection> {
+        let not_subscribed = || {
+            Rejection::failed_precondition(format!(
+                "Device `{}` is not connected or is not subscribed to the commands topic.",
+                device.id
+            ))
+        };
+        let tx = self.sender(device.num_id).ok_or_else(not_subscribed)?;
+        let (reply, answer) = oneshot::channel();
+        tx.send(Control::Command {
+            subfolder,
+            data: Bytes::from(data),
+            reply,
+        })
+        .await
+        .map_err(|_| not_subscribed())?;
+        answer.await.map_err(|_| not_subscribed())?
+    }
+}
