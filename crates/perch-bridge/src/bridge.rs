@@ -38,6 +38,14 @@ pub struct BridgeOptions {
     pub tls_handshake_timeout: Duration,
     /// Refuse a bad SUBSCRIBE with SUBACK 0x80 instead of closing (IoT Core closed).
     pub subscribe_failure_suback: bool,
+    /// Telemetry messages per second one connection may sustain (IoT Core quota: 100/s);
+    /// faster closes the connection with RESOURCE_EXHAUSTED.
+    pub telemetry_per_second: f64,
+    /// Telemetry burst allowed above the sustained rate.
+    pub telemetry_burst: f64,
+    /// Least time between two state reports of one device (IoT Core: 1 s); faster reports are
+    /// dropped (still PUBACKed) and recorded as RESOURCE_EXHAUSTED.
+    pub state_min_interval: Duration,
 }
 
 impl Default for BridgeOptions {
@@ -53,6 +61,9 @@ impl Default for BridgeOptions {
             max_connections: 50_000,
             tls_handshake_timeout: Duration::from_secs(10),
             subscribe_failure_suback: false,
+            telemetry_per_second: 100.0,
+            telemetry_burst: 200.0,
+            state_min_interval: Duration::from_secs(1),
         }
     }
 }

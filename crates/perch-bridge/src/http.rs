@@ -23,8 +23,8 @@ use perch_store::log::NewMessage;
 use serde::Deserialize;
 
 use crate::bridge::Inner;
-use crate::mqtt::connection::store_state;
 use crate::router::{self, DeviceIdentity};
+use crate::state::store_state;
 
 /// Largest request body (a 256 KB payload, base64-encoded, with JSON around it).
 const BODY_MAX_BYTES: usize = 512 * 1024;

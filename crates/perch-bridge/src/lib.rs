@@ -13,5 +13,6 @@ pub mod http;
 pub mod mqtt;
 pub mod router;
 mod sessions;
+mod state;
 
 pub use bridge::{Bridge, BridgeOptions};

@@ -17,16 +17,22 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 /// Control messages a connection obeys.
 #[derive(Debug)]
 pub(crate) enum Control {
-    /// Close, recording this status on the device.
-    Kick { code: ErrorCode, message: String },
+    /// End device `num_id`'s session (the whole connection for the connecting device, a detach
+    /// for a device attached through a gateway), recording this status on it.
+    Kick {
+        num_id: u64,
+        code: ErrorCode,
+        message: String,
+    },
     /// The device changed through the admin API: re-check blocked and credentials.
     DeviceChanged(Box<Device>),
     /// The registry changed: new routes, maybe MQTT disabled.
     RegistryChanged(Box<Registry>),
     /// A new config version to push if subscribed.
-    Config(DeviceConfig),
+    Config { num_id: u64, config: DeviceConfig },
     /// A command to deliver; the reply says whether it was.
     Command {
+        num_id: u64,
         subfolder: String,
         data: Bytes,
         reply: oneshot::Sender<Result<(), Rejection>>,
@@ -76,6 +82,7 @@ impl Sessions {
             deliver(
                 old.tx,
                 Control::Kick {
+                    num_id,
                     code: ErrorCode::AlreadyExists,
                     message: REPLACED.into(),
                 },
@@ -107,13 +114,13 @@ impl Sessions {
         }
     }
 
-    fn in_registry(&self, registry: &RegistryName) -> Vec<mpsc::Sender<Control>> {
+    fn in_registry(&self, registry: &RegistryName) -> Vec<(u64, mpsc::Sender<Control>)> {
         self.map
             .lock()
             .map(|m| {
-                m.values()
-                    .filter(|e| &e.registry == registry)
-                    .map(|e| e.tx.clone())
+                m.iter()
+                    .filter(|(_, e)| &e.registry == registry)
+                    .map(|(k, e)| (*k, e.tx.clone()))
                     .collect()
             })
             .unwrap_or_default()
@@ -128,6 +135,11 @@ impl Sessions {
 
     /// Applies registry events to live connections until the channel closes.
     pub(crate) async fn follow(self, mut events: broadcast::Receiver<RegistryEvent>) {
+        let kick = |num_id, code, message: &str| Control::Kick {
+            num_id,
+            code,
+            message: message.to_owned(),
+        };
         loop {
             match events.recv().await {
                 Ok(RegistryEvent::DeviceChanged { device, .. }) => {
@@ -136,27 +148,29 @@ impl Sessions {
                 }
                 Ok(RegistryEvent::DeviceDeleted { num_id, .. }) => self.send(
                     num_id,
-                    Control::Kick {
-                        code: ErrorCode::NotFound,
-                        message: "SERVER: The device was deleted.".into(),
-                    },
+                    kick(
+                        num_id,
+                        ErrorCode::NotFound,
+                        "SERVER: The device was deleted.",
+                    ),
                 ),
                 Ok(RegistryEvent::ConfigChanged { num_id, config, .. }) => {
-                    self.send(num_id, Control::Config(config))
+                    self.send(num_id, Control::Config { num_id, config })
                 }
                 Ok(RegistryEvent::RegistryChanged { registry }) => {
-                    for tx in self.in_registry(&registry.name()) {
+                    for (_, tx) in self.in_registry(&registry.name()) {
                         deliver(tx, Control::RegistryChanged(registry.clone()));
                     }
                 }
                 Ok(RegistryEvent::RegistryDeleted { name }) => {
-                    for tx in self.in_registry(&name) {
+                    for (num_id, tx) in self.in_registry(&name) {
                         deliver(
                             tx,
-                            Control::Kick {
-                                code: ErrorCode::NotFound,
-                                message: "SERVER: The registry was deleted.".into(),
-                            },
+                            kick(
+                                num_id,
+                                ErrorCode::NotFound,
+                                "SERVER: The registry was deleted.",
+                            ),
                         );
                     }
                 }
@@ -167,13 +181,14 @@ impl Sessions {
                         missed,
                         "registry events lagged; closing every MQTT connection so devices re-authenticate"
                     );
-                    for (_, tx) in self.all() {
+                    for (num_id, tx) in self.all() {
                         deliver(
                             tx,
-                            Control::Kick {
-                                code: ErrorCode::Unavailable,
-                                message: "SERVER: The connection was reset.".into(),
-                            },
+                            kick(
+                                num_id,
+                                ErrorCode::Unavailable,
+                                "SERVER: The connection was reset.",
+                            ),
                         );
                     }
                 }
@@ -214,6 +229,7 @@ impl CommandSink for Sessions {
         let tx = self.sender(device.num_id).ok_or_else(not_subscribed)?;
         let (reply, answer) = oneshot::channel();
         tx.send(Control::Command {
+            num_id: device.num_id,
             subfolder,
             data: Bytes::from(data),
             reply,

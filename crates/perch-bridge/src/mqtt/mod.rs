@@ -4,5 +4,7 @@
 
 pub mod codec;
 pub(crate) mod connection;
+mod gateway;
 pub(crate) mod listener;
+pub(crate) mod session;
 pub mod topic;

@@ -1,0 +1,123 @@
+//! Gateways (SPEC.md §4.9): parsing attach payloads leniently, deciding whether a device may
+//! attach under the gateway's auth method, and the errors-topic message for a refusal.
+
+use chrono::{DateTime, Utc};
+use perch_core::model::{Device, GatewayAuthMethod};
+use perch_registry::auth::verify_device_jwt;
+
+/// The device JWT an attach payload carries, if any. Accepts `{"authorization": "…"}`, `{}`,
+/// an empty payload, and the Node sample's `{ 'authorization' : <jwt> }` (single quotes,
+/// unquoted token).
+pub(crate) fn attach_token(payload: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(payload).ok()?.trim();
+    if text.is_empty() {
+        return None;
+    }
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(text) {
+        return v
+            .get("authorization")
+            .and_then(|a| a.as_str())
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned);
+    }
+    // Lenient: find the value after `authorization` and a colon, quotes optional.
+    let after = text.split_once("authorization")?.1;
+    let value = after.split_once(':')?.1;
+    let token: String = value
+        .trim()
+        .trim_start_matches(['\'', '"'])
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '=' | '+' | '/'))
+        .collect();
+    (!token.is_empty()).then_some(token)
+}
+
+/// Whether `device` may attach through `gateway`, given whether they are bound and the token
+/// the attach carried. `Err` says why not (for the errors topic and the log).
+pub(crate) fn authorize_attach(
+    gateway: &Device,
+    device: &Device,
+    bound: bool,
+    token: Option<&str>,
+    project: &str,
+    now: DateTime<Utc>,
+) -> Result<(), String> {
+    if device.blocked {
+        return Err(format!("device `{}` is blocked", device.id));
+    }
+    if device.gateway_config.is_gateway() {
+        return Err(format!(
+            "`{}` is a gateway; gateways cannot be attached",
+            device.id
+        ));
+    }
+    let check_token = || match token {
+        None => Err(format!(
+            "attaching `{}` needs its JWT in the attach payload",
+            device.id
+        )),
+        Some(t) => verify_device_jwt(t, project, &device.credentials, now)
+            .map(|_| ())
+            .map_err(|e| format!("the JWT of `{}` was refused: {e}", device.id)),
+    };
+    let check_bound = || {
+        if bound {
+            Ok(())
+        } else {
+            Err(format!(
+                "device `{}` is not bound to gateway `{}`",
+                device.id, gateway.id
+            ))
+        }
+    };
+    match gateway.gateway_config.gateway_auth_method {
+        GatewayAuthMethod::AssociationOnly => check_bound(),
+        GatewayAuthMethod::DeviceAuthTokenOnly => check_token(),
+        GatewayAuthMethod::AssociationAndDeviceAuthToken => {
+            check_bound().and_then(|_| check_token())
+        }
+        GatewayAuthMethod::Unspecified => Err(format!(
+            "gateway `{}` has no gatewayAuthMethod, so no device may attach through it",
+            gateway.id
+        )),
+    }
+}
+
+/// The JSON IoT Core sent on `/devices/{gateway}/errors`.
+pub(crate) fn error_message(
+    error_type: &str,
+    description: &str,
+    device_id: &str,
+    message_type: &str,
+    topic: &str,
+    packet_id: u16,
+) -> String {
+    serde_json::json!({
+        "error_type": error_type,
+        "description": description,
+        "device_id": device_id,
+        "mqtt_message_info": { "message_type": message_type, "topic": topic, "packet_id": packet_id },
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attach_payloads_are_read_leniently() {
+        assert_eq!(attach_token(br#"{"authorization" : ""}"#), None);
+        assert_eq!(attach_token(b"{}"), None);
+        assert_eq!(attach_token(b""), None);
+        assert_eq!(
+            attach_token(br#"{"authorization": "a.b.c"}"#).as_deref(),
+            Some("a.b.c")
+        );
+        assert_eq!(
+            attach_token(b"{ 'authorization' : eyJh.eyJi.c2ln }").as_deref(),
+            Some("eyJh.eyJi.c2ln")
+        );
+    }
+}
