@@ -212,3 +212,25 @@ def bridge_server_factory(tmp_path):
     yield make
     for server in made:
         _shutdown(server)
+
+
+@pytest.fixture
+def world(live_bridge_server, project, monkeypatch):
+    """A `DeviceWorld` (admin REST, Pub/Sub clients, MQTT/HTTP device clients) on the shared bridge server."""
+    from device_helpers import DeviceWorld
+    from pubsub_helpers import PubSub
+
+    ps = PubSub(live_bridge_server, project, monkeypatch)
+    world = DeviceWorld(live_bridge_server, project, ps)
+    yield world
+    world.close()
+    ps.close()
+
+
+@pytest.fixture
+def seed(world):
+    """The seed setup: topics temperature + sensordata (one pull subscription each) and registry
+    RaspberryPiDevices (MQTT only). Modules that need HTTP override this fixture."""
+    from device_helpers import Seed
+
+    return Seed.create(world)

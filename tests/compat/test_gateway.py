@@ -10,17 +10,7 @@ import time
 
 import pytest
 
-from device_helpers import DeviceWorld, Seed, assert_telemetry, unique
-from pubsub_helpers import PubSub
-
-
-@pytest.fixture
-def seed(live_bridge_server, project, monkeypatch):
-    ps = PubSub(live_bridge_server, project, monkeypatch)
-    world = DeviceWorld(live_bridge_server, project, ps)
-    yield Seed.create(world)
-    world.close()
-    ps.close()
+from device_helpers import Seed, assert_telemetry, unique
 
 
 def gateway(seed: Seed, auth_method: str):

@@ -25,15 +25,6 @@ STATE = b'{"fan": "on"}\xfb\xef'
 
 
 @pytest.fixture
-def world(live_bridge_server, project, monkeypatch):
-    ps = PubSub(live_bridge_server, project, monkeypatch)
-    world = DeviceWorld(live_bridge_server, project, ps)
-    yield world
-    world.close()
-    ps.close()
-
-
-@pytest.fixture
 def seed(world) -> Seed:
     """Topics temperature + sensordata and registry RaspberryPiDevices with HTTP enabled."""
     return Seed.create(world, http=True)

@@ -37,21 +37,6 @@ REVOKE_DEADLINE = 2.0  # DESIGN.md: a blocked / deleted device is cut off "withi
 CONNECT_TIMEOUT_BOUND = 15.0  # SPEC §4.2: no CONNECT within 10 s -> close (Perch choice); allow 5 s of slack
 
 
-@pytest.fixture
-def world(live_bridge_server, project, monkeypatch):
-    ps = PubSub(live_bridge_server, project, monkeypatch)
-    world = DeviceWorld(live_bridge_server, project, ps)
-    yield world
-    world.close()
-    ps.close()
-
-
-@pytest.fixture
-def seed(world) -> Seed:
-    """Topics temperature + sensordata (a pull subscription each) and registry RaspberryPiDevices (MQTT only)."""
-    return Seed.create(world)
-
-
 def reading(n: int, temperature: float) -> bytes:
     """What perch-agent publishes; the body's device_id is deliberately spoofed (trust comes from attributes)."""
     return json.dumps({"device_id": "spoofed-device-id", "timestamp": f"2026-01-01T00:00:0{n}Z",

@@ -6,17 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from device_helpers import DeviceWorld, Seed, unique, wait_for_field
-from pubsub_helpers import PubSub
-
-
-@pytest.fixture
-def seed(live_bridge_server, project, monkeypatch):
-    ps = PubSub(live_bridge_server, project, monkeypatch)
-    world = DeviceWorld(live_bridge_server, project, ps)
-    yield Seed.create(world)
-    world.close()
-    ps.close()
+from device_helpers import unique, wait_for_field
 
 
 def test_state_faster_than_once_a_second_is_dropped_acked_and_recorded(seed):

@@ -78,6 +78,24 @@ pub(crate) struct Inner {
     pub(crate) shutdown: watch::Receiver<bool>,
 }
 
+impl Inner {
+    /// Updates a device for the bridge's own bookkeeping (activity times, state, config acks,
+    /// last error), addressed by the identity of a session or request.
+    pub(crate) async fn record(
+        &self,
+        identity: &crate::router::DeviceIdentity,
+        update: impl FnOnce(&mut perch_core::model::Device) + Send + 'static,
+    ) -> Result<perch_core::model::Device, perch_registry::Error> {
+        self.registry
+            .record_device_activity(
+                &identity.registry,
+                &perch_core::DeviceRef::NumId(identity.num_id),
+                Box::new(update),
+            )
+            .await
+    }
+}
+
 /// The device bridges; cheap to clone.
 #[derive(Clone)]
 pub struct Bridge {

@@ -278,14 +278,7 @@ async fn serve(
             }
             let now = Utc::now();
             let update = Box::new(move |d: &mut Device| d.last_config_send_time = Some(now));
-            let _ = bridge
-                .registry
-                .record_device_activity(
-                    &identity.registry,
-                    &perch_core::DeviceRef::NumId(identity.num_id),
-                    update,
-                )
-                .await;
+            let _ = bridge.record(&identity, update).await;
             let mut out = serde_json::json!({ "version": latest.to_string() });
             // The device already has the latest version: nothing to send but the number.
             if local != latest && !device.config.binary_data.is_empty() {

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use chrono::Utc;
 use perch_core::model::{Device, DeviceState, Registry};
-use perch_core::{DeviceRef, Rejection};
+use perch_core::Rejection;
 use perch_store::log::NewMessage;
 
 use crate::bridge::Inner;
@@ -31,12 +31,7 @@ pub(crate) async fn store_state(
         d.last_state_time = Some(at);
     });
     bridge
-        .registry
-        .record_device_activity(
-            &identity.registry,
-            &DeviceRef::NumId(identity.num_id),
-            update,
-        )
+        .record(identity, update)
         .await
         .map_err(|e| Rejection::new(e.code(), e.to_string()))?;
     if !registry.state_notification_topic.is_empty() {

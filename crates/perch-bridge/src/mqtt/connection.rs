@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use chrono::Utc;
 use perch_core::model::{Device, ErrorStatus};
-use perch_core::{DeviceName, DeviceRef, ErrorCode};
+use perch_core::{DeviceName, ErrorCode};
 use perch_registry::auth::{JWT_CLOCK_SKEW, verify_device_jwt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -175,14 +175,7 @@ pub(crate) async fn record_error(
             message,
         });
     });
-    let _ = bridge
-        .registry
-        .record_device_activity(
-            &identity.registry,
-            &DeviceRef::NumId(identity.num_id),
-            update,
-        )
-        .await;
+    let _ = bridge.record(identity, update).await;
 }
 
 /// CONNECT → identity, or a CONNACK return code with a reason for the log.

@@ -538,17 +538,14 @@ impl Session {
                 .register(target.num_id, self.own.registry.clone(), self.tx.clone());
         self.endpoints.insert(
             target.id.clone(),
-            Endpoint::new(identity, target.config.clone(), Some(conn_id)),
+            Endpoint::new(identity.clone(), target.config.clone(), Some(conn_id)),
         );
         let (gateway_id, now) = (self.own.device_id.to_string(), Utc::now());
         let update = Box::new(move |d: &mut Device| {
             d.gateway_config.last_accessed_gateway_id = gateway_id;
             d.gateway_config.last_accessed_gateway_time = Some(now);
         });
-        let _ = bridge
-            .registry
-            .record_device_activity(&self.own.registry, &DeviceRef::NumId(target.num_id), update)
-            .await;
+        let _ = bridge.record(&identity, update).await;
         ack(wire, p).await
     }
 
@@ -682,10 +679,7 @@ impl Session {
             .map_err(|_| Closing::clean())?;
         let now = Utc::now();
         let update = Box::new(move |d: &mut Device| d.last_config_send_time = Some(now));
-        let _ = bridge
-            .registry
-            .record_device_activity(&target.registry, &DeviceRef::NumId(target.num_id), update)
-            .await;
+        let _ = bridge.record(&target, update).await;
         Ok(())
     }
 
@@ -732,14 +726,7 @@ impl Session {
                 }
                 d.last_config_ack_time = Some(now);
             });
-            let _ = bridge
-                .registry
-                .record_device_activity(
-                    &identity.registry,
-                    &DeviceRef::NumId(identity.num_id),
-                    update,
-                )
-                .await;
+            let _ = bridge.record(&identity, update).await;
         }
     }
 
