@@ -3,8 +3,8 @@
 
 use bytes::Bytes;
 use chrono::Utc;
-use perch_core::model::{Device, DeviceState, Registry};
 use perch_core::Rejection;
+use perch_core::model::{Device, DeviceState, Registry};
 use perch_store::log::NewMessage;
 
 use crate::bridge::Inner;
