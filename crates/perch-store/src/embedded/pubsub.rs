@@ -32,7 +32,7 @@ pub struct EmbeddedPubsubStore {
 
 impl EmbeddedPubsubStore {
     pub fn open(path: &Path) -> Result<EmbeddedPubsubStore> {
-        let db = Database::create(path).map_err(backend)?;
+        let db = super::open_database(path).map_err(backend)?;
         let txn = db.begin_write().map_err(backend)?;
         {
             txn.open_table(RESOURCES).map_err(backend)?;

@@ -89,7 +89,7 @@ fn timestamp_key(t: chrono::DateTime<chrono::Utc>) -> i64 {
 impl EmbeddedRegistryStore {
     /// Opens (or creates) the registry file.
     pub fn open(path: &Path) -> Result<EmbeddedRegistryStore> {
-        let db = Database::create(path).map_err(backend)?;
+        let db = super::open_database(path).map_err(backend)?;
         // Create every table up front so that read transactions never meet a missing one.
         let txn = db.begin_write().map_err(backend)?;
         {
