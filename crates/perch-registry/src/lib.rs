@@ -13,6 +13,7 @@ pub mod events;
 pub mod keys;
 pub mod mask;
 pub mod page;
+pub mod provisioning;
 mod service;
 
 pub use error::{Error, Result};

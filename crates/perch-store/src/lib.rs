@@ -15,4 +15,6 @@ pub mod pubsub;
 mod registry;
 
 pub use error::{Error, Result};
-pub use registry::{DeviceFilter, DeviceUpdate, RegistryStore, RegistryUpdate};
+pub use registry::{
+    DeviceFilter, DeviceUpdate, RecordKind, RecordUpdate, RegistryStore, RegistryUpdate,
+};

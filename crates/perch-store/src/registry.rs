@@ -9,6 +9,30 @@ use crate::Result;
 pub type RegistryUpdate = Box<dyn FnOnce(&mut Registry) -> Result<(), Rejection> + Send>;
 /// A read-modify-write step on a device, run inside the store's transaction.
 pub type DeviceUpdate = Box<dyn FnOnce(&mut Device) -> Result<(), Rejection> + Send>;
+/// Kinds of auxiliary registry records (fleet provisioning), stored as opaque bytes the registry
+/// encodes; keys are resource-name-like strings so a registry's records form a range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RecordKind {
+    Bootstrap,
+    PolicyEntry,
+    Decision,
+}
+
+impl RecordKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordKind::Bootstrap => "bootstrap",
+            RecordKind::PolicyEntry => "policy",
+            RecordKind::Decision => "decision",
+        }
+    }
+}
+
+/// A read-modify-write step on a record: sees the current bytes (None if absent), returns the
+/// new bytes (None deletes) or refuses.
+pub type RecordUpdate =
+    Box<dyn FnOnce(Option<Vec<u8>>) -> Result<Option<Vec<u8>>, Rejection> + Send>;
+
 /// A predicate that list scans apply to each device.
 pub type DeviceFilter = Box<dyn Fn(&Device) -> bool + Send>;
 
@@ -100,4 +124,30 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug + 'static {
     async fn devices_bound_to_gateway(&self, gateway_num_id: u64) -> Result<Vec<u64>>;
     /// Numeric ids of the gateways a device is bound to.
     async fn gateways_bound_to_device(&self, device_num_id: u64) -> Result<Vec<u64>>;
+
+    /// Stores a record; with `create_only`, an existing key is `ALREADY_EXISTS`.
+    async fn put_record(
+        &self,
+        kind: RecordKind,
+        key: &str,
+        value: Vec<u8>,
+        create_only: bool,
+    ) -> Result<()>;
+    async fn get_record(&self, kind: RecordKind, key: &str) -> Result<Option<Vec<u8>>>;
+    /// Records whose key starts with `prefix`, in key order, at most `limit`.
+    async fn list_records(
+        &self,
+        kind: RecordKind,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>>;
+    /// Deletes a record; false if it did not exist.
+    async fn delete_record(&self, kind: RecordKind, key: &str) -> Result<bool>;
+    /// Atomically reads, changes and writes one record; returns what was written.
+    async fn update_record(
+        &self,
+        kind: RecordKind,
+        key: &str,
+        update: RecordUpdate,
+    ) -> Result<Option<Vec<u8>>>;
 }

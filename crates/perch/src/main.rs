@@ -29,6 +29,8 @@ enum Command {
     Iot(perch::cli::iot::IotArgs),
     /// Manage Pub/Sub topics and subscriptions, publish and pull
     Pubsub(perch::cli::pubsub::PubsubArgs),
+    /// Fleet provisioning: bootstrap credentials, allow/deny lists, decisions
+    Provision(perch::cli::provision::ProvisionArgs),
     /// Benchmarks and load generators
     Bench(perch::bench::BenchArgs),
 }
@@ -148,6 +150,7 @@ async fn main() -> ExitCode {
         }
         Command::Iot(args) => perch::cli::iot::run(args).await,
         Command::Pubsub(args) => perch::cli::pubsub::run(args).await,
+        Command::Provision(args) => perch::cli::provision::run(args).await,
         Command::Bench(args) => perch::bench::run(args).await,
     };
     match result {

@@ -126,6 +126,11 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
             return;
         }
     };
+    if let Some((registry, bootstrap)) = crate::mqtt::bootstrap::parse_client_id(&connect.client_id)
+    {
+        crate::mqtt::bootstrap::serve(&bridge, &mut wire, &connect, registry, bootstrap).await;
+        return;
+    }
     let (session, rx) = match handshake(&bridge, &connect).await {
         Ok(s) => s,
         Err((code, reason)) => {

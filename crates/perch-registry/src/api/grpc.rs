@@ -16,11 +16,21 @@ use crate::{DeviceListQuery, GatewayListOption, RegistryService};
 #[derive(Debug, Clone)]
 pub struct DeviceManagerApi {
     service: RegistryService,
+    provisioning: crate::provisioning::ProvisioningService,
 }
 
 impl DeviceManagerApi {
     pub fn new(service: RegistryService) -> DeviceManagerApi {
-        DeviceManagerApi { service }
+        let provisioning = crate::provisioning::ProvisioningService::new(service.clone());
+        DeviceManagerApi {
+            service,
+            provisioning,
+        }
+    }
+
+    /// Fleet provisioning (served on REST only; Perch's own API, not Google's).
+    pub fn provisioning(&self) -> &crate::provisioning::ProvisioningService {
+        &self.provisioning
     }
 
     /// The tonic server to add to a router.

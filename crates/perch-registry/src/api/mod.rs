@@ -6,6 +6,7 @@
 
 mod convert;
 pub mod grpc;
+mod provisioning_rest;
 pub mod rest;
 
 use perch_core::ErrorCode;

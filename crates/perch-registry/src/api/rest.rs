@@ -294,6 +294,18 @@ async fn handle(
     body: &Bytes,
 ) -> Result<Response, Status> {
     let (path, verb) = split_path(path)?;
+    if let Some(response) = super::provisioning_rest::handle(
+        api.provisioning(),
+        method,
+        &path,
+        verb.as_deref(),
+        query,
+        body,
+    )
+    .await
+    {
+        return response;
+    }
     let Some((call, name)) = route(method, &path, verb) else {
         return Err(Status::not_found(format!(
             "no cloudiot v1 method serves {method} /v1/{path}"

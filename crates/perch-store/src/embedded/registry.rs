@@ -21,7 +21,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::registry::{DeviceFilter, DeviceUpdate, RegistryStore, RegistryUpdate};
+use crate::registry::{
+    DeviceFilter, DeviceUpdate, RecordKind, RecordUpdate, RegistryStore, RegistryUpdate,
+};
 use crate::{Error, Result};
 
 const REGISTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("registries");
@@ -31,6 +33,7 @@ const CONFIG_VERSIONS: TableDefinition<(u64, i64), &[u8]> = TableDefinition::new
 const STATES: TableDefinition<(u64, i64), &[u8]> = TableDefinition::new("states");
 const GATEWAY_DEVICES: TableDefinition<(u64, u64), ()> = TableDefinition::new("gateway_devices");
 const DEVICE_GATEWAYS: TableDefinition<(u64, u64), ()> = TableDefinition::new("device_gateways");
+const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
 
 /// The registry in a redb file.
 #[derive(Debug, Clone)]
@@ -100,6 +103,7 @@ impl EmbeddedRegistryStore {
             txn.open_table(STATES).map_err(backend)?;
             txn.open_table(GATEWAY_DEVICES).map_err(backend)?;
             txn.open_table(DEVICE_GATEWAYS).map_err(backend)?;
+            txn.open_table(RECORDS).map_err(backend)?;
         }
         txn.commit().map_err(backend)?;
         Ok(EmbeddedRegistryStore { db: Arc::new(db) })
@@ -705,4 +709,120 @@ impl RegistryStore for EmbeddedRegistryStore {
         })
         .await
     }
+
+    async fn put_record(
+        &self,
+        kind: RecordKind,
+        key: &str,
+        value: Vec<u8>,
+        create_only: bool,
+    ) -> Result<()> {
+        let k = record_key(kind, key);
+        let id = key.rsplit('/').next().unwrap_or(key).to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(backend)?;
+            {
+                let mut t = txn.open_table(RECORDS).map_err(backend)?;
+                if create_only && t.get(k.as_str()).map_err(backend)?.is_some() {
+                    return Err(Rejection::new(
+                        ErrorCode::AlreadyExists,
+                        format!("Resource already exists in the project (resource={id})."),
+                    )
+                    .into());
+                }
+                t.insert(k.as_str(), value.as_slice()).map_err(backend)?;
+            }
+            txn.commit().map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_record(&self, kind: RecordKind, key: &str) -> Result<Option<Vec<u8>>> {
+        let k = record_key(kind, key);
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let t = txn.open_table(RECORDS).map_err(backend)?;
+            Ok(t.get(k.as_str())
+                .map_err(backend)?
+                .map(|v| v.value().to_vec()))
+        })
+        .await
+    }
+
+    async fn list_records(
+        &self,
+        kind: RecordKind,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        let head = record_key(kind, "");
+        let start = record_key(kind, prefix);
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let t = txn.open_table(RECORDS).map_err(backend)?;
+            let mut out = Vec::new();
+            for entry in t.range(start.as_str()..).map_err(backend)? {
+                let (k, v) = entry.map_err(backend)?;
+                if !k.value().starts_with(start.as_str()) || out.len() >= limit {
+                    break;
+                }
+                out.push((k.value()[head.len()..].to_owned(), v.value().to_vec()));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete_record(&self, kind: RecordKind, key: &str) -> Result<bool> {
+        let k = record_key(kind, key);
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(backend)?;
+            let existed = txn
+                .open_table(RECORDS)
+                .map_err(backend)?
+                .remove(k.as_str())
+                .map_err(backend)?
+                .is_some();
+            txn.commit().map_err(backend)?;
+            Ok(existed)
+        })
+        .await
+    }
+
+    async fn update_record(
+        &self,
+        kind: RecordKind,
+        key: &str,
+        update: RecordUpdate,
+    ) -> Result<Option<Vec<u8>>> {
+        let k = record_key(kind, key);
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(backend)?;
+            let written = {
+                let mut t = txn.open_table(RECORDS).map_err(backend)?;
+                let current = t
+                    .get(k.as_str())
+                    .map_err(backend)?
+                    .map(|v| v.value().to_vec());
+                let next = update(current)?;
+                match &next {
+                    Some(bytes) => {
+                        t.insert(k.as_str(), bytes.as_slice()).map_err(backend)?;
+                    }
+                    None => {
+                        t.remove(k.as_str()).map_err(backend)?;
+                    }
+                }
+                next
+            };
+            txn.commit().map_err(backend)?;
+            Ok(written)
+        })
+        .await
+    }
+}
+
+fn record_key(kind: RecordKind, key: &str) -> String {
+    format!("{}\0{key}", kind.as_str())
 }

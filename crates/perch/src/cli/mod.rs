@@ -7,6 +7,7 @@
 pub mod client;
 pub mod iot;
 pub mod output;
+pub mod provision;
 pub mod pubsub;
 
 use std::path::PathBuf;

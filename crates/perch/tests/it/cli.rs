@@ -669,3 +669,89 @@ fn pubsub_topic_subscription_publish_and_filtered_pull() {
     assert_eq!(lines(&missing.stderr).len(), 1, "{}", missing.stderr);
     assert!(missing.stderr.contains("NOT_FOUND"), "{}", missing.stderr);
 }
+
+#[test]
+fn provision_bootstraps_lists_and_decisions() {
+    let server = TestServer::spawn();
+    server
+        .cli(&with_region(&[
+            "registries",
+            "create",
+            "reg",
+            "--event-notification-config",
+            "topic=t",
+        ]))
+        .ok();
+    let out = tempfile::tempdir().expect("temp dir");
+    let out_dir = out.path().to_str().expect("utf-8 path");
+    let created = server
+        .provision_cli(&in_reg(&[
+            "bootstraps",
+            "create",
+            "lot-1",
+            "--out",
+            out_dir,
+            "--quota",
+            "5",
+            "--format",
+            "json",
+        ]))
+        .json();
+    assert_eq!(created["deviceQuota"], 5, "{created}");
+    assert!(
+        created.get("privateKey").is_none(),
+        "the private key goes to a file, not stdout: {created}"
+    );
+    let key = out.path().join("bootstrap_private.pem");
+    let mode = std::fs::metadata(&key)
+        .expect("private key written")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let csv = out.path().join("deny.csv");
+    std::fs::write(
+        &csv,
+        "serial,000a,compromised\nmac,b8:27:eb:00:00:02,abusive\n",
+    )
+    .expect("csv");
+    server
+        .provision_cli(&in_reg(&[
+            "denylist",
+            "import",
+            "--file",
+            csv.to_str().expect("utf-8"),
+        ]))
+        .ok();
+    let listed = server
+        .provision_cli(&in_reg(&["denylist", "list"]))
+        .ok()
+        .to_owned();
+    assert!(row(&listed, "SERIAL").contains(&"000a"), "{listed}");
+    assert!(row(&listed, "MAC").contains(&"abusive"), "{listed}");
+
+    let disabled = server
+        .provision_cli(&in_reg(&[
+            "bootstraps",
+            "disable",
+            "lot-1",
+            "--format",
+            "json",
+        ]))
+        .json();
+    assert_eq!(disabled["enabled"], false, "{disabled}");
+    let missing = server.provision_cli(&in_reg(&[
+        "allowlist",
+        "remove",
+        "--kind",
+        "serial",
+        "--value",
+        "nope",
+    ]));
+    assert!(!missing.status.success());
+    assert!(
+        missing.stderr.contains("not on the allow list"),
+        "{}",
+        missing.stderr
+    );
+}

@@ -269,6 +269,11 @@ impl TestServer {
         self.cli_group("iot", args)
     }
 
+    /// Runs `perch provision --data-dir DIR ARGS…` against this server.
+    pub(crate) fn provision_cli(&self, args: &[&str]) -> CliOutput {
+        self.cli_group("provision", args)
+    }
+
     /// Runs `perch pubsub --data-dir DIR ARGS…` against this server.
     pub(crate) fn pubsub_cli(&self, args: &[&str]) -> CliOutput {
         self.cli_group("pubsub", args)

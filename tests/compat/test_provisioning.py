@@ -1,0 +1,132 @@
+"""Fleet provisioning over MQTT (docs/provisioning.md): one bootstrap credential per batch may
+only ask for a device credential; allow/deny lists, quota, expiry and re-use decide; every
+decision reaches the device and the decisions list; a provisioned device streams as itself and
+can be revoked alone."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from device_helpers import Device, DeviceKey, MqttDevice, assert_telemetry, mqtt_address, unique, wait_until
+
+
+def create_bootstrap(seed, **fields) -> tuple[str, str]:
+    """A Perch-made bootstrap key pair; returns (bootstrap id, private key PEM)."""
+    body = {"id": unique("lot"), **fields}
+    created = seed.admin.ok("POST", f"{seed.registry.name}/bootstraps", body=body)
+    assert created["enabled"] is True and created["publicKey"].startswith("-----BEGIN PUBLIC KEY-----"), created
+    return created["id"], created["privateKey"]
+
+
+def policy(seed, list_: str, kind: str, value: str, reason: str = "") -> None:
+    seed.admin.ok("POST", f"{seed.registry.name}/provisioningPolicy:add",
+                  body={"entries": [{"list": list_, "kind": kind, "value": value, "reason": reason}]})
+
+
+class Claimant:
+    """A device that holds only the bootstrap key, asking for its own credential."""
+
+    def __init__(self, seed, bootstrap_id: str, bootstrap_key: str) -> None:
+        self.seed = seed
+        token = jwt.encode({"aud": seed.world.project, "iat": int(dt.datetime.now().timestamp()),
+                            "exp": int(dt.datetime.now().timestamp()) + 600}, bootstrap_key, algorithm="ES256")
+        host, port = mqtt_address(seed.world.endpoints)
+        self.client = MqttDevice(host, port, f"{seed.registry.name}/bootstraps/{bootstrap_id}", token, ca=seed.world.ca)
+        seed.world.clients.append(self.client)
+        self.prefix = f"/bootstraps/{bootstrap_id}"
+
+    def ask(self, device_id: str, serial: str, key: DeviceKey | None = None) -> dict:
+        if self.client.connack is None:
+            assert self.client.connect() == 0
+        rid = uuid.uuid4().hex
+        self.client.subscribe(f"{self.prefix}/responses/{rid}", qos=1)
+        key = key or DeviceKey.es256()
+        body = {"serial": serial, "mac": "b8:27:eb:00:00:01", "device_id": device_id,
+                "public_key": {"format": "ES256_PEM", "key": key.public_pem()}}
+        self.client.publish_acked(f"{self.prefix}/requests/{rid}", json.dumps(body).encode())
+        topic = f"{self.prefix}/responses/{rid}"
+        msg = self.client.wait(lambda: next((m for m in self.client.messages if m.topic == topic), None), 10,
+                               "the provisioning answer")
+        answer = json.loads(msg.payload)
+        answer["_key"] = key
+        return answer
+
+
+def decisions(seed, **params) -> list[dict]:
+    return seed.admin.ok("GET", f"{seed.registry.name}/provisioningDecisions", params=params)["decisions"]
+
+
+def test_a_device_with_only_the_bootstrap_key_provisions_itself_and_streams_as_itself(seed):
+    bootstrap, key = create_bootstrap(seed, lot="batch-7")
+    claimant = Claimant(seed, bootstrap, key)
+    device_id = unique("pi")
+    answer = claimant.ask(device_id, serial="00000000a1b2c3d4")
+    assert answer["decision"] == "ALLOWED", answer
+    assert answer["device_id"] == device_id and answer["num_id"], answer
+    assert answer["mqtt"]["client_id"] == f"{seed.registry.name}/devices/{device_id}"
+
+    device = Device(seed.registry, device_id, answer["num_id"], answer["_key"], {})
+    client = seed.world.connected(device)
+    client.publish_acked(device.events(), b'{"temperature_c": 20.0}')
+    got = seed.ps.drain(seed.subs["sensordata"], 1)
+    assert_telemetry(got, {b'{"temperature_c": 20.0}': device.attributes("")})
+    described = seed.admin.get_device(device.name)
+    assert described["metadata"]["provisionedBy"] == bootstrap
+    assert described["metadata"]["serial"] == "00000000a1b2c3d4"
+    assert described["metadata"]["lot"] == "batch-7"
+    assert decisions(seed, bootstrap=bootstrap)[0]["decision"] == "ALLOWED"
+
+    # Revocation: denylisting its serial blocks the device and cuts its connection.
+    policy(seed, "DENY", "SERIAL", "00000000a1b2c3d4", "compromised")
+    client.wait_closed(2.5, what="the provisioned device's connection to close after denylisting")
+
+
+@pytest.mark.parametrize("case", ["denylisted", "not_allowlisted", "reused", "disabled", "expired", "quota"])
+def test_refusals_reach_the_device_and_the_decisions_list_with_their_reason(seed, case):
+    fields = {}
+    if case == "expired":
+        fields["expireTime"] = "2020-01-01T00:00:00Z"
+    if case == "quota":
+        fields["deviceQuota"] = 1
+    bootstrap, key = create_bootstrap(seed, **fields)
+    serial = unique("serial")
+    expected = {"denylisted": "DENYLISTED", "not_allowlisted": "NOT_ALLOWLISTED", "reused": "ALREADY_REGISTERED",
+                "disabled": "BOOTSTRAP_DISABLED", "expired": "BOOTSTRAP_EXPIRED", "quota": "QUOTA_EXCEEDED"}[case]
+    claimant = Claimant(seed, bootstrap, key)
+    device_id = unique("pi")
+    if case == "denylisted":
+        policy(seed, "DENY", "SERIAL", serial, "abusive")
+    if case == "not_allowlisted":
+        policy(seed, "ALLOW", "SERIAL", unique("other-serial"))
+    if case in ("reused", "quota"):
+        assert claimant.ask(device_id if case == "reused" else unique("pi"), serial=unique("s"))["decision"] == "ALLOWED"
+    if case == "disabled":
+        seed.admin.ok("POST", f"{seed.registry.name}/bootstraps/{bootstrap}:disable", body={})
+    answer = claimant.ask(device_id, serial=serial)
+    assert answer["decision"] == "DENIED" and answer["reason"] == expected, answer
+    listed = decisions(seed, bootstrap=bootstrap, reason=expected)
+    assert listed and listed[0]["request_id"] == answer["request_id"], listed
+    if case == "denylisted":
+        assert "abusive" in answer["message"], answer
+
+
+def test_a_bootstrap_connection_that_publishes_telemetry_is_closed(seed):
+    bootstrap, key = create_bootstrap(seed)
+    claimant = Claimant(seed, bootstrap, key)
+    assert claimant.client.connect() == 0
+    claimant.client.publish(f"/devices/{unique('x')}/events", b"sneaky", qos=1)
+    claimant.client.wait_closed(10, what="the close of a bootstrap connection publishing telemetry")
+
+
+def test_a_wrong_bootstrap_key_is_refused_with_connack_5(seed):
+    bootstrap, _ = create_bootstrap(seed)
+    other = DeviceKey.es256().private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()).decode()
+    claimant = Claimant(seed, bootstrap, other)
+    claimant.client.expect_refused(5)
