@@ -150,7 +150,7 @@ pub(crate) fn spawn(
             }
             tokio::select! {
                 _ = stream.wait() => {}
-                _ = shutdown.changed() => {}
+                _ = crate::service::stopped(&mut shutdown) => return,
             }
         }
     });

@@ -115,6 +115,8 @@ struct Inner {
     snapshots: RwLock<BTreeMap<String, SnapshotConfig>>,
     next_stream: AtomicU64,
     push: push::PushClient,
+    /// Flips to true at shutdown; push tasks started later watch it too.
+    shutdown: watch::Receiver<bool>,
 }
 
 /// The Pub/Sub service; cheap to clone.
@@ -330,6 +332,7 @@ impl PubsubService {
                 snapshots: RwLock::new(snapshots),
                 next_stream: AtomicU64::new(1),
                 push: push::PushClient::new(),
+                shutdown: shutdown.clone(),
             }),
         };
         let subs: Vec<Arc<Subscription>> = service
@@ -674,7 +677,7 @@ impl PubsubService {
             .map_err(poisoned)?
             .insert(c.name.clone(), sub.clone());
         if c.push.is_some() {
-            push::spawn(self.clone(), sub, watch::channel(false).1);
+            push::spawn(self.clone(), sub, self.inner.shutdown.clone());
         }
         tracing::debug!(subscription = %c.name, topic = %c.topic, "subscription created");
         Ok(c)
@@ -751,7 +754,7 @@ impl PubsubService {
         self.normalise(&mut c)?;
         self.save_subscription(&sub, c.clone()).await?;
         if !had_push && c.push.is_some() {
-            push::spawn(self.clone(), sub, watch::channel(false).1);
+            push::spawn(self.clone(), sub, self.inner.shutdown.clone());
         }
         Ok(c)
     }
@@ -787,7 +790,7 @@ impl PubsubService {
         let has_push = c.push.is_some();
         self.save_subscription(&sub, c).await?;
         if !had_push && has_push {
-            push::spawn(self.clone(), sub, watch::channel(false).1);
+            push::spawn(self.clone(), sub, self.inner.shutdown.clone());
         }
         Ok(())
     }
@@ -1391,4 +1394,10 @@ impl Drop for Stream {
         }
         self.sub.changed.notify_waiters();
     }
+}
+
+/// Resolves once `shutdown` says stop (without holding the channel's lock across awaits); a
+/// dropped sender counts as stop.
+pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
 }
