@@ -130,3 +130,17 @@ def test_a_wrong_bootstrap_key_is_refused_with_connack_5(seed):
                                                          serialization.NoEncryption()).decode()
     claimant = Claimant(seed, bootstrap, other)
     claimant.client.expect_refused(5)
+
+
+def test_repeating_an_allowed_request_with_the_same_key_is_answered_again(seed):
+    bootstrap, key = create_bootstrap(seed, deviceQuota=1)
+    claimant = Claimant(seed, bootstrap, key)
+    device_key = DeviceKey.es256()
+    device_id = unique("pi")
+    first = claimant.ask(device_id, serial=unique("s"), key=device_key)
+    again = claimant.ask(device_id, serial=unique("s"), key=device_key)  # the first answer was "lost"
+    assert first["decision"] == again["decision"] == "ALLOWED", (first, again)
+    assert first["num_id"] == again["num_id"]
+    # Same id, another key: that is someone else.
+    other = claimant.ask(device_id, serial=unique("s"))
+    assert other["decision"] == "DENIED", other

@@ -34,6 +34,8 @@ pub(crate) struct Status {
 #[derive(Debug)]
 pub(crate) struct Agent {
     pub(crate) config: AgentConfig,
+    /// The device id (from the config, the id file, or provisioning).
+    pub(crate) device: String,
     pub(crate) client: DeviceClient,
     pub(crate) queue: Arc<Mutex<Queue>>,
     pub(crate) queued: Notify,
@@ -130,7 +132,7 @@ impl Agent {
 
     async fn enqueue(self: &Arc<Self>, sensor_id: &str, temperature_c: f64) {
         let timestamp = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
-        let device_id = self.config.device.clone();
+        let device_id = self.device.clone();
         let sensor = sensor_id.to_owned();
         let queue = self.queue.clone();
         let pushed = tokio::task::spawn_blocking(move || {

@@ -22,8 +22,8 @@ pub(crate) const DEFAULT_QUEUE_MAX_READINGS: usize = 20_000;
 /// Hard cap on QUEUE_MAX_READINGS (one small file per reading).
 const QUEUE_MAX_READINGS_CAP: usize = 1_000_000;
 
-/// Keys the agent understands. `BOOTSTRAP_*` and `SERIAL` belong to fleet provisioning, which
-/// this agent does not do yet; they are accepted and ignored.
+/// Keys the agent understands. `BOOTSTRAP_KEY`, `BOOTSTRAP_ID` and `SERIAL` are for first-boot
+/// provisioning (docs/agent.md "First boot: provisioning").
 const KNOWN_KEYS: &[&str] = &[
     "KEY_PATH",
     "PRIVATE_KEY",
@@ -50,7 +50,8 @@ pub(crate) struct AgentConfig {
     pub(crate) project: String,
     pub(crate) region: String,
     pub(crate) registry: String,
-    pub(crate) device: String,
+    /// `DEVICE_ID`; optional with a bootstrap credential (see [`crate::identity`]).
+    pub(crate) device: Option<String>,
     pub(crate) algorithm: Algorithm,
     pub(crate) private_key: PathBuf,
     pub(crate) ca: PathBuf,
@@ -60,6 +61,19 @@ pub(crate) struct AgentConfig {
     pub(crate) w1_devices_dir: PathBuf,
     pub(crate) queue_dir: PathBuf,
     pub(crate) queue_max_readings: usize,
+    /// `BOOTSTRAP_KEY` + `BOOTSTRAP_ID`: provision at boot when `private_key` does not exist.
+    pub(crate) bootstrap: Option<BootstrapConfig>,
+    /// `SERIAL`: the serial number claimed when provisioning.
+    pub(crate) serial: Option<String>,
+}
+
+/// The bootstrap credential the device provisions itself with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BootstrapConfig {
+    /// The bootstrap private key file.
+    pub(crate) key: PathBuf,
+    /// The bootstrap id `B` of `projects/P/locations/L/registries/R/bootstraps/B`.
+    pub(crate) id: String,
 }
 
 /// Reads and validates `path`. `Err` holds every problem, one line each.
@@ -115,10 +129,35 @@ pub(crate) fn parse(text: &str, file: &str, base: &Path) -> Result<AgentConfig, 
     let project = required("PROJECT_ID", &mut errors);
     let region = required("REGION", &mut errors);
     let registry = required("REGISTRY_ID", &mut errors);
-    let device = required("DEVICE_ID", &mut errors);
+    let resolve = |p: String| base.join(p);
+    let bootstrap = match (take("BOOTSTRAP_KEY"), take("BOOTSTRAP_ID")) {
+        (Some(key), Some(id)) => Some(BootstrapConfig {
+            key: resolve(key),
+            id,
+        }),
+        (None, None) => None,
+        (Some(_), None) => {
+            errors.push(format!(
+                "{file}: BOOTSTRAP_ID is missing (BOOTSTRAP_KEY is set)"
+            ));
+            None
+        }
+        (None, Some(_)) => {
+            errors.push(format!(
+                "{file}: BOOTSTRAP_KEY is missing (BOOTSTRAP_ID is set)"
+            ));
+            None
+        }
+    };
+    // With a bootstrap credential the device id may come from provisioning (or the id file it
+    // left); without one the device must be named, as before.
+    let device = if take("BOOTSTRAP_KEY").is_some() || take("BOOTSTRAP_ID").is_some() {
+        take("DEVICE_ID")
+    } else {
+        Some(required("DEVICE_ID", &mut errors))
+    };
     let host = required("MQTT_HOST", &mut errors);
     let ca = base.join(required("GOOGLE_ROOT_CERT", &mut errors));
-    let resolve = |p: String| base.join(p);
 
     let private_key = match (take("KEY_PATH"), take("PRIVATE_KEY")) {
         (Some(dir), Some(file)) => resolve(dir).join(file),
@@ -165,10 +204,25 @@ pub(crate) fn parse(text: &str, file: &str, base: &Path) -> Result<AgentConfig, 
             }
         },
     };
-    for (key, value) in [("DEVICE_ID", &device), ("REGISTRY_ID", &registry)] {
-        if value.contains('/') {
+    let bootstrap_id = bootstrap.as_ref().map(|b| b.id.as_str());
+    for (key, value) in [
+        ("DEVICE_ID", device.as_deref()),
+        ("REGISTRY_ID", Some(registry.as_str())),
+        ("BOOTSTRAP_ID", bootstrap_id),
+    ] {
+        if let Some(value) = value.filter(|v| v.contains('/')) {
             errors.push(format!("{file}: {key} `{value}` must not contain `/`"));
         }
+    }
+    let serial = take("SERIAL");
+    if let Some(serial) = serial
+        .as_deref()
+        .filter(|s| s.chars().any(char::is_control))
+    {
+        errors.push(format!(
+            "{file}: SERIAL `{}` must not contain control characters",
+            serial.escape_debug()
+        ));
     }
     let config = AgentConfig {
         project,
@@ -185,6 +239,8 @@ pub(crate) fn parse(text: &str, file: &str, base: &Path) -> Result<AgentConfig, 
             .map_or_else(|| DEFAULT_W1_DEVICES_DIR.into(), resolve),
         queue_dir: resolve(take("QUEUE_DIR").unwrap_or_else(|| DEFAULT_QUEUE_DIR.into())),
         queue_max_readings,
+        bootstrap,
+        serial,
     };
     if errors.is_empty() {
         Ok(config)
@@ -235,7 +291,8 @@ MQTT_PORT = 8883
     #[test]
     fn the_readme_file_parses_with_defaults() {
         let c = parse(GOOD, "f.txt", Path::new("/etc/pi")).unwrap();
-        assert_eq!(c.device, "raspberry-pi-1");
+        assert_eq!(c.device.as_deref(), Some("raspberry-pi-1"));
+        assert_eq!(c.bootstrap, None);
         assert_eq!(c.ca, Path::new("/etc/pi/perch-data/tls/ca.pem"));
         assert_eq!(c.private_key, Path::new("/etc/pi/pi-1-keys/ec_private.pem"));
         assert_eq!(c.port, 8883);
@@ -273,6 +330,56 @@ MQTT_PORT = 8883
         assert!(has("unknown key DEVICEID"), "{errs:?}");
         assert!(has("line 11: expected `KEY = VALUE`"), "{errs:?}");
         assert_eq!(errs.len(), 5, "{errs:?}");
+    }
+
+    #[test]
+    fn a_bootstrap_credential_makes_device_id_optional() {
+        let text = GOOD.replace(
+            "DEVICE_ID = raspberry-pi-1\n",
+            "BOOTSTRAP_KEY = lot-7/bootstrap_private.pem\nBOOTSTRAP_ID = lot-7\nSERIAL = 00000000a1b2c3d4\n",
+        );
+        let c = parse(&text, "f.txt", Path::new("/etc/pi")).unwrap();
+        assert_eq!(c.device, None);
+        assert_eq!(
+            c.bootstrap,
+            Some(BootstrapConfig {
+                key: "/etc/pi/lot-7/bootstrap_private.pem".into(),
+                id: "lot-7".into()
+            })
+        );
+        assert_eq!(c.serial.as_deref(), Some("00000000a1b2c3d4"));
+        // DEVICE_ID may still be given: it is the id asked for.
+        let named = parse(
+            &format!("{text}DEVICE_ID = pi-kitchen\n"),
+            "f.txt",
+            Path::new("/etc/pi"),
+        )
+        .unwrap();
+        assert_eq!(named.device.as_deref(), Some("pi-kitchen"));
+    }
+
+    #[test]
+    fn bootstrap_keys_come_in_pairs_and_ids_have_no_slash() {
+        let no_device = GOOD.replace("DEVICE_ID = raspberry-pi-1\n", "");
+        assert_eq!(
+            errors(&format!("{no_device}BOOTSTRAP_KEY = b.pem\n")),
+            ["f.txt: BOOTSTRAP_ID is missing (BOOTSTRAP_KEY is set)"]
+        );
+        assert_eq!(
+            errors(&format!("{no_device}BOOTSTRAP_ID = lot-7\n")),
+            ["f.txt: BOOTSTRAP_KEY is missing (BOOTSTRAP_ID is set)"]
+        );
+        assert_eq!(
+            errors(&format!(
+                "{no_device}BOOTSTRAP_KEY = b.pem\nBOOTSTRAP_ID = lots/7\n"
+            )),
+            ["f.txt: BOOTSTRAP_ID `lots/7` must not contain `/`"]
+        );
+        // Without a bootstrap credential DEVICE_ID stays required, SERIAL or not.
+        assert_eq!(
+            errors(&format!("{no_device}SERIAL = 1234\n")),
+            ["f.txt: DEVICE_ID is missing"]
+        );
     }
 
     #[test]

@@ -1,12 +1,17 @@
 //! `perch-agent`: reads DS18B20 temperatures (or simulates them) and streams them to Perch over
 //! MQTT/TLS as an IoT Core device, keeping unsent readings in an on-disk queue.
 //!
+//! With a bootstrap credential and no device key yet, it first provisions itself
+//! ([`provision`]) and then runs as the device it was granted.
+//!
 //! Exit codes: 0 after SIGINT/SIGTERM or a `--once` run whose queue drained; 1 when `--once`
-//! timed out with readings still queued (they are sent on the next run) or on a runtime
-//! failure; 2 for a bad config file or flag, with one line per problem.
+//! timed out with readings still queued (they are sent on the next run) or without a
+//! provisioning answer, or on a runtime failure; 2 for a bad config file or flag, with one line
+//! per problem; 3 when provisioning was denied (no key is written).
 
 mod agent;
 mod config;
+mod provision;
 mod queue;
 mod sensors;
 
@@ -18,6 +23,7 @@ use std::time::Duration;
 use clap::Parser;
 use perch_device::{DeviceOptions, SigningKey};
 use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
 
 use crate::agent::{Agent, INTERVAL_MAX_SECS, INTERVAL_MIN_SECS, Status};
 use crate::sensors::Simulator;
@@ -84,29 +90,49 @@ fn main() -> ExitCode {
     runtime.block_on(run(cli))
 }
 
+/// Who the agent is at startup: a device with its key, or one still to be provisioned.
+enum Identity {
+    Device { key: SigningKey, device: String },
+    Provision(provision::Plan),
+}
+
+/// Everything the config file names, loaded and checked.
+struct Prepared {
+    config: config::AgentConfig,
+    identity: Identity,
+    tls: perch_device::tls::TlsConfig,
+    queue: queue::Queue,
+}
+
 /// Loads everything the config file names; every problem is one line naming key and file.
-fn prepare(
-    cli: &Cli,
-) -> Result<
-    (
-        config::AgentConfig,
-        SigningKey,
-        perch_device::tls::TlsConfig,
-        queue::Queue,
-    ),
-    Vec<String>,
-> {
+fn prepare(cli: &Cli) -> Result<Prepared, Vec<String>> {
     let config = config::load(&cli.config)?;
     let file = cli.config.display();
     let mut errors = Vec::new();
-    let key = std::fs::read(&config.private_key)
-        .map_err(|e| format!("{file}: PRIVATE_KEY {}: {e}", config.private_key.display()))
-        .and_then(|pem| {
-            SigningKey::from_pem(&pem, config.algorithm)
-                .map_err(|e| format!("{file}: PRIVATE_KEY {}: {e}", config.private_key.display()))
-        })
-        .map_err(|e| errors.push(e))
-        .ok();
+    let identity = match std::fs::read(&config.private_key) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && config.bootstrap.is_some() => {
+            provision::plan(&config)
+                .map(Identity::Provision)
+                .map_err(|problems| {
+                    errors.extend(problems.into_iter().map(|p| format!("{file}: {p}")))
+                })
+                .ok()
+        }
+        read => read
+            .map_err(|e| format!("{file}: PRIVATE_KEY {}: {e}", config.private_key.display()))
+            .and_then(|pem| {
+                SigningKey::from_pem(&pem, config.algorithm).map_err(|e| {
+                    format!("{file}: PRIVATE_KEY {}: {e}", config.private_key.display())
+                })
+            })
+            .and_then(|key| {
+                provision::stored_device_id(&config)
+                    .map(|device| Identity::Device { key, device })
+                    .map_err(|e| format!("{file}: {e}"))
+            })
+            .map_err(|e| errors.push(e))
+            .ok(),
+    };
     let tls = std::fs::read(&config.ca)
         .map_err(|e| format!("{file}: GOOGLE_ROOT_CERT {}: {e}", config.ca.display()))
         .and_then(|pem| {
@@ -123,14 +149,24 @@ fn prepare(
             ))
         })
         .ok();
-    match (key, tls, queue) {
-        (Some(key), Some(tls), Some(queue)) if errors.is_empty() => Ok((config, key, tls, queue)),
+    match (identity, tls, queue) {
+        (Some(identity), Some(tls), Some(queue)) if errors.is_empty() => Ok(Prepared {
+            config,
+            identity,
+            tls,
+            queue,
+        }),
         _ => Err(errors),
     }
 }
 
 async fn run(cli: Cli) -> ExitCode {
-    let (config, key, tls, queue) = match prepare(&cli) {
+    let Prepared {
+        config,
+        identity,
+        tls,
+        queue,
+    } = match prepare(&cli) {
         Ok(p) => p,
         Err(errors) => {
             for e in errors {
@@ -139,9 +175,28 @@ async fn run(cli: Cli) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let (key, device) = match identity {
+        Identity::Device { key, device } => (key, device),
+        Identity::Provision(plan) => {
+            let deadline = cli
+                .once
+                .then(|| Instant::now() + Duration::from_secs(cli.once_timeout));
+            tokio::select! {
+                done = provision::provision(&config, plan, tls.clone(), deadline) => match done {
+                    Ok(identity) => identity,
+                    Err(provision::Failure::Denied) => return ExitCode::from(provision::EXIT_DENIED),
+                    Err(provision::Failure::Failed) => return ExitCode::from(1),
+                },
+                () = shutdown_signal() => {
+                    tracing::info!("stopping on signal while provisioning");
+                    return ExitCode::SUCCESS;
+                }
+            }
+        }
+    };
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
-        device = %config.device,
+        device = %device,
         host = %config.host,
         port = config.port,
         queued = queue.len(),
@@ -152,7 +207,7 @@ async fn run(cli: Cli) -> ExitCode {
         project: config.project.clone(),
         region: config.region.clone(),
         registry: config.registry.clone(),
-        device: config.device.clone(),
+        device: device.clone(),
         host: config.host.clone(),
         port: config.port,
         tls,
@@ -164,6 +219,7 @@ async fn run(cli: Cli) -> ExitCode {
     let (client, events) = perch_device::connect(options);
     let agent = Arc::new(Agent {
         config,
+        device,
         client: client.clone(),
         queue: Arc::new(Mutex::new(queue)),
         queued: Notify::new(),

@@ -527,7 +527,7 @@ async fn renew_later(shared: Arc<Shared>, generation: u64, after: Duration) {
 }
 
 /// One line for a connection failure, with the CONNACK code explained.
-fn describe(error: &ConnectionError) -> String {
+pub(crate) fn describe(error: &ConnectionError) -> String {
     match error {
         ConnectionError::ConnectionRefused(code) => {
             use rumqttc::ConnectReturnCode as C;

@@ -25,6 +25,12 @@ pub enum DeviceError {
     /// The PUBACK did not come in time; the connection is dropped and re-established.
     #[error("no PUBACK within {0:?}")]
     PubAckTimeout(std::time::Duration),
+    /// A one-shot connection ([`crate::bootstrap::ask`]) was refused or lost; the text says why.
+    #[error("{0}")]
+    Connection(String),
+    /// A one-shot connection got no answer in time.
+    #[error("no answer within {0:?}")]
+    NoAnswer(std::time::Duration),
 }
 
 /// `Result` with [`DeviceError`].

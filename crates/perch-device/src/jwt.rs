@@ -8,9 +8,9 @@ use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use ring::rand::SystemRandom;
-use ring::signature::{self, EcdsaKeyPair, RsaKeyPair};
+use ring::signature::{self, EcdsaKeyPair, KeyPair as _, RsaKeyPair};
 use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject;
 
@@ -99,6 +99,25 @@ impl SigningKey {
         Ok(SigningKey { pair, rng })
     }
 
+    /// A fresh P-256 key pair made by `ring`, for a device that provisions itself.
+    pub fn generate_es256() -> Result<GeneratedKey> {
+        let rng = SystemRandom::new();
+        let alg = &signature::ECDSA_P256_SHA256_FIXED_SIGNING;
+        let failed = || DeviceError::InvalidPrivateKey("could not generate a P-256 key".into());
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(alg, &rng).map_err(|_| failed())?;
+        let pair = EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).map_err(|_| failed())?;
+        let mut spki = P256_SPKI_PREFIX.to_vec();
+        spki.extend_from_slice(pair.public_key().as_ref());
+        Ok(GeneratedKey {
+            private_pem: pem("PRIVATE KEY", pkcs8.as_ref()),
+            public_pem: pem("PUBLIC KEY", &spki),
+            key: SigningKey {
+                pair: KeyPair::Ecdsa(pair),
+                rng,
+            },
+        })
+    }
+
     /// The algorithm this key signs with.
     pub fn algorithm(&self) -> Algorithm {
         match self.pair {
@@ -156,6 +175,41 @@ impl SigningKey {
     }
 }
 
+/// A key made by [`SigningKey::generate_es256`]: the key itself, its PKCS#8 PEM (to store, 0600)
+/// and its public key PEM (`BEGIN PUBLIC KEY`, to register). `Debug` never prints the private PEM.
+pub struct GeneratedKey {
+    pub key: SigningKey,
+    pub private_pem: String,
+    pub public_pem: String,
+}
+
+impl fmt::Debug for GeneratedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GeneratedKey")
+            .field("public_pem", &self.public_pem)
+            .finish_non_exhaustive()
+    }
+}
+
+/// DER `SubjectPublicKeyInfo` header for a P-256 key; the 65-byte uncompressed point follows.
+const P256_SPKI_PREFIX: &[u8] = &[
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
+    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+];
+
+/// `der` as a PEM block with 64-column lines.
+fn pem(label: &str, der: &[u8]) -> String {
+    let b64 = STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        // Base64 output is ASCII, so every chunk is valid UTF-8.
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
 /// A JSON string literal for `text`.
 fn json_string(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 2);
@@ -210,7 +264,6 @@ fn der_tlv(tag: u8, content: &[u8]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use base64::engine::general_purpose::STANDARD;
     use ring::signature::{KeyPair as _, UnparsedPublicKey};
 
     use super::*;
@@ -306,6 +359,36 @@ VG/ztSR6HV33Nw+PtPXAJ4HvDgCeJ/GveA==\n\
             Algorithm::Es256,
             "encrypted",
         );
+    }
+
+    #[test]
+    fn a_generated_key_round_trips_through_its_pem_and_its_public_key_verifies() {
+        let generated = SigningKey::generate_es256().unwrap();
+        assert!(
+            generated
+                .private_pem
+                .starts_with("-----BEGIN PRIVATE KEY-----\n")
+        );
+        assert!(!format!("{generated:?}").contains("PRIVATE KEY"));
+        let reread =
+            SigningKey::from_pem(generated.private_pem.as_bytes(), Algorithm::Es256).unwrap();
+        let stored = PrivateKeyDer::from_pem_slice(generated.private_pem.as_bytes()).unwrap();
+        assert!(matches!(stored, PrivateKeyDer::Pkcs8(_)));
+        let body: String = generated
+            .public_pem
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        assert!(generated.public_pem.lines().all(|l| l.len() <= 64));
+        let der = STANDARD.decode(body).unwrap();
+        assert_eq!(&der[..P256_SPKI_PREFIX.len()], P256_SPKI_PREFIX);
+        let point = &der[P256_SPKI_PREFIX.len()..];
+        for key in [&generated.key, &reread] {
+            let token = key
+                .sign_jwt("p", SystemTime::now(), Duration::from_secs(60))
+                .unwrap();
+            check_es256(&token, point, "p", 60);
+        }
     }
 
     #[test]

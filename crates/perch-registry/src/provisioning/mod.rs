@@ -614,6 +614,11 @@ impl ProvisioningService {
             ));
         }
         if b.provisioned >= b.device_quota {
+            // Only a repeat of an allowed request may still be answered (see `repeat_of`).
+            if let Some(existing) = self.repeat_of(registry, &b, request).await {
+                decision.rule = "repeat of an allowed request".into();
+                return Ok(existing);
+            }
             return Err((
                 Reason::QuotaExceeded,
                 format!(
@@ -689,6 +694,10 @@ impl ProvisioningService {
                 ));
             }
         }
+        if let Some(existing) = self.repeat_of(registry, &b, request).await {
+            decision.rule = "repeat of an allowed request".into();
+            return Ok(existing);
+        }
         // Reserve a slot of the quota atomically (released if registration fails).
         let quota_update = |delta: i64| {
             Box::new(move |current: Option<Vec<u8>>| {
@@ -728,6 +737,27 @@ impl ProvisioningService {
                 .await;
         }
         registered
+    }
+
+    /// The device an earlier, allowed request from this bootstrap with this same key created,
+    /// if this request repeats it (its answer was lost on the way): retries are always safe.
+    async fn repeat_of(
+        &self,
+        registry: &RegistryName,
+        b: &Bootstrap,
+        request: &ProvisionRequest,
+    ) -> Option<Device> {
+        let id: DeviceId = request.claims.device_id.parse().ok()?;
+        let (_, fingerprint) = request_credential(request).ok()?;
+        let name = DeviceName {
+            registry: registry.clone(),
+            device: DeviceRef::Id(id),
+        };
+        let existing = self.registry.get_device(&name).await.ok()?;
+        let same = existing.metadata.get("provisionedBy") == Some(&b.id)
+            && existing.metadata.get("keyFingerprint") == Some(&fingerprint)
+            && !existing.blocked;
+        same.then_some(existing)
     }
 
     async fn register(
