@@ -144,3 +144,91 @@ def test_repeating_an_allowed_request_with_the_same_key_is_answered_again(seed):
     # Same id, another key: that is someone else.
     other = claimant.ask(device_id, serial=unique("s"))
     assert other["decision"] == "DENIED", other
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the operator webhook and the HTTP form of the request
+
+import http.server  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+import requests  # noqa: E402
+
+
+class Webhook:
+    """A local webhook answering per device id: allow, deny, slow (past the timeout) or 500."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's name
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.seen.append(body)
+                device = body["claims"]["device_id"]
+                if device.startswith("slow"):
+                    time.sleep(1.5)
+                if device.startswith("broken"):
+                    self.send_response(500)
+                    self.end_headers()
+                    return
+                answer = {"allow": not device.startswith("nope"), "reason": "not on the shipping manifest"}
+                data = json.dumps(answer).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture
+def webhook():
+    hook = Webhook()
+    yield hook
+    hook.close()
+
+
+def test_the_webhook_decides_last_and_timeouts_and_errors_deny(seed, webhook):
+    seed.admin.ok("PUT", f"{seed.registry.name}/provisioningWebhook",
+                  body={"url": webhook.url, "timeoutMs": 500, "onError": "DENY"})
+    bootstrap, key = create_bootstrap(seed, lot="lot-w")
+    claimant = Claimant(seed, bootstrap, key)
+    assert claimant.ask(unique("ok"), serial=unique("s"))["decision"] == "ALLOWED"
+    assert webhook.seen[-1]["lot"] == "lot-w" and webhook.seen[-1]["bootstrap"] == bootstrap
+    for prefix, reason in [("nope", "WEBHOOK_DENIED"), ("slow", "WEBHOOK_TIMEOUT"), ("broken", "WEBHOOK_ERROR")]:
+        answer = claimant.ask(unique(prefix), serial=unique("s"))
+        assert answer["decision"] == "DENIED" and answer["reason"] == reason, answer
+    assert "shipping manifest" in decisions(seed, reason="WEBHOOK_DENIED")[0]["message"]
+    # onError ALLOW: an unanswered webhook lets the device in.
+    seed.admin.ok("PUT", f"{seed.registry.name}/provisioningWebhook",
+                  body={"url": webhook.url, "timeoutMs": 500, "onError": "ALLOW"})
+    assert claimant.ask(unique("slow"), serial=unique("s"))["decision"] == "ALLOWED"
+
+
+def test_devices_without_mqtt_provision_over_https(seed):
+    bootstrap, key = create_bootstrap(seed)
+    token = jwt.encode({"aud": seed.world.project, "iat": int(time.time()), "exp": int(time.time()) + 600},
+                       key, algorithm="ES256")
+    base = f"https://{seed.world.endpoints['device_http'].replace('0.0.0.0', '127.0.0.1')}/v1"
+    url = f"{base}/{seed.registry.name}/bootstraps/{bootstrap}:provision"
+    device_key = DeviceKey.es256()
+    body = {"serial": unique("s"), "device_id": unique("http-pi"),
+            "public_key": {"format": "ES256_PEM", "key": device_key.public_pem()}}
+    answer = requests.post(url, json=body, headers={"Authorization": f"Bearer {token}"}, verify=seed.world.ca,
+                           timeout=10)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["decision"] == "ALLOWED", answer.text
+    bad = requests.post(url, json=body, headers={"Authorization": "Bearer not.a.jwt"}, verify=seed.world.ca, timeout=10)
+    assert bad.status_code == 401, bad.text

@@ -45,6 +45,10 @@ fn error_response((code, message): Failure) -> Response {
 pub(crate) fn router(bridge: Arc<Inner>) -> Router {
     Router::new()
         .route("/{version}/projects/{project}/locations/{location}/registries/{registry}/devices/{*rest}", any(handle))
+        .route(
+            "/{version}/projects/{project}/locations/{location}/registries/{registry}/bootstraps/{rest}",
+            axum::routing::post(provision),
+        )
         .layer(axum::extract::DefaultBodyLimit::max(BODY_MAX_BYTES))
         .with_state(bridge)
 }
@@ -320,20 +324,7 @@ async fn authenticate(
     name: &DeviceName,
     headers: &HeaderMap,
 ) -> Result<(DeviceIdentity, Registry, Device), Failure> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.split_once(' ')
-                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-                .map(|(_, t)| t.trim())
-        })
-        .ok_or_else(|| {
-            failure(
-                ErrorCode::Unauthenticated,
-                "the request needs 'Authorization: Bearer <device JWT>'",
-            )
-        })?;
+    let token = bearer(headers)?;
     let registry = bridge
         .registry
         .get_registry(&name.registry)
@@ -374,4 +365,63 @@ async fn authenticate(
         num_id: device.num_id,
     };
     Ok((identity, registry, device))
+}
+
+/// `POST …/registries/R/bootstraps/B:provision` with the bootstrap JWT: the HTTP form of the
+/// provisioning request (docs/provisioning.md). Both decisions answer 200 with the decision.
+async fn provision(
+    State(bridge): State<Arc<Inner>>,
+    Path((version, project, location, registry, rest)): Path<(
+        String,
+        String,
+        String,
+        String,
+        String,
+    )>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        if version != "v1" && version != "v1beta1" {
+            return Err(failure(ErrorCode::NotFound, format!("no device API version '{version}'; use v1")));
+        }
+        let bootstrap = rest
+            .strip_suffix(":provision")
+            .filter(|b| !b.is_empty())
+            .ok_or_else(|| failure(ErrorCode::NotFound, format!("no bootstrap method serves '{rest}'; use B:provision")))?;
+        let registry = RegistryName::parse("name", &format!("projects/{project}/locations/{location}/registries/{registry}"))
+            .map_err(|e| failure(ErrorCode::InvalidArgument, e.to_string()))?;
+        let token = bearer(&headers)?;
+        let service = perch_registry::provisioning::ProvisioningService::new(bridge.registry.clone());
+        service
+            .authenticate(&registry, bootstrap, token, Utc::now())
+            .await
+            .map_err(|e| failure(ErrorCode::Unauthenticated, format!("the bootstrap JWT was refused: {e}")))?;
+        let request: perch_registry::provisioning::model::ProvisionRequest = parse_json(&body)?;
+        let decision = service.provision(&registry, bootstrap, request).await.map_err(|e| failure(e.code(), e.to_string()))?;
+        let mut out = serde_json::to_value(&decision).unwrap_or_default();
+        if decision.decision == "ALLOWED" {
+            out["mqtt"] = serde_json::json!({ "client_id": format!("{registry}/devices/{}", decision.claims.device_id) });
+        }
+        Ok(ok_json(out))
+    }
+    .await;
+    result.unwrap_or_else(error_response)
+}
+
+fn bearer(headers: &HeaderMap) -> Result<&str, Failure> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.split_once(' ')
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, t)| t.trim())
+        })
+        .ok_or_else(|| {
+            failure(
+                ErrorCode::Unauthenticated,
+                "the request needs 'Authorization: Bearer <JWT>'",
+            )
+        })
 }

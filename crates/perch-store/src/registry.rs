@@ -16,6 +16,8 @@ pub enum RecordKind {
     Bootstrap,
     PolicyEntry,
     Decision,
+    /// Per-registry provisioning settings (the webhook).
+    Settings,
 }
 
 impl RecordKind {
@@ -24,6 +26,7 @@ impl RecordKind {
             RecordKind::Bootstrap => "bootstrap",
             RecordKind::PolicyEntry => "policy",
             RecordKind::Decision => "decision",
+            RecordKind::Settings => "settings",
         }
     }
 }

@@ -3,6 +3,7 @@
 //! - `GET|POST …/registries/R/bootstraps`, `GET|DELETE …/bootstraps/B`, `POST …/bootstraps/B:enable|:disable`
 //! - `GET …/registries/R/provisioningPolicy`, `POST …/provisioningPolicy:add|:remove` `{"entries": […]}`
 //! - `GET …/registries/R/provisioningDecisions?bootstrap=&reason=&pageSize=`
+//! - `GET|PUT …/registries/R/provisioningWebhook` `{"url", "timeoutMs", "onError": "DENY"|"ALLOW"}` (empty url clears)
 //!
 //! JSON is camelCase; errors are `google.rpc.Status` like the rest of the admin API.
 
@@ -15,7 +16,7 @@ use tonic::Status;
 
 use super::to_status;
 use crate::provisioning::ProvisioningService;
-use crate::provisioning::model::{Bootstrap, PolicyEntry};
+use crate::provisioning::model::{Bootstrap, PolicyEntry, Webhook};
 
 #[derive(Deserialize)]
 struct Entries {
@@ -55,7 +56,7 @@ pub(crate) async fn handle(
         || parts[4] != "registries"
         || !matches!(
             parts[6],
-            "bootstraps" | "provisioningPolicy" | "provisioningDecisions"
+            "bootstraps" | "provisioningPolicy" | "provisioningDecisions" | "provisioningWebhook"
         )
     {
         return None;
@@ -98,6 +99,11 @@ pub(crate) async fn handle(
             ("provisioningPolicy", None, Some("remove"), &Method::POST) => {
                 let e: Entries = body(raw)?;
                 json(&serde_json::json!({ "removed": service.remove_policy_entries(r, &e.entries).await.map_err(to_status)? }))
+            }
+            ("provisioningWebhook", None, None, &Method::GET) => json(&service.get_webhook(r).await.map_err(to_status)?),
+            ("provisioningWebhook", None, None, &Method::PUT) => {
+                let w: Webhook = body(raw)?;
+                json(&service.set_webhook(r, w).await.map_err(to_status)?)
             }
             ("provisioningDecisions", None, None, &Method::GET) => {
                 let limit = query_value(query, "pageSize").and_then(|v| v.parse().ok()).unwrap_or(100);

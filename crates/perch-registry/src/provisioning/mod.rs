@@ -19,7 +19,7 @@ use x509_parser::prelude::FromDer;
 
 use self::model::{
     Bootstrap, Decision, EntryKind, PolicyEntry, PolicyList, ProvisionRequest, Reason,
-    ReprovisionPolicy,
+    ReprovisionPolicy, Webhook, WebhookOnError,
 };
 use crate::auth::{AuthError, verify_device_jwt};
 use crate::{DevicePatch, RegistryService, Result, keys};
@@ -28,6 +28,9 @@ use crate::{DevicePatch, RegistryService, Result, keys};
 pub const DEFAULT_DEVICE_QUOTA: u64 = 10_000;
 /// Most decisions one list call returns.
 pub const DECISIONS_LIST_MAX: usize = 1000;
+/// Webhook answer deadline when the operator sets none, and the most it may be set to.
+pub const WEBHOOK_TIMEOUT_DEFAULT_MS: u64 = 2_000;
+pub const WEBHOOK_TIMEOUT_MAX_MS: u64 = 30_000;
 /// Most policy entries one registry may hold.
 pub const POLICY_ENTRIES_MAX: usize = 100_000;
 
@@ -174,11 +177,146 @@ fn request_credential(
 #[derive(Debug, Clone)]
 pub struct ProvisioningService {
     registry: RegistryService,
+    http: reqwest::Client,
 }
 
 impl ProvisioningService {
     pub fn new(registry: RegistryService) -> ProvisioningService {
-        ProvisioningService { registry }
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap_or_default();
+        ProvisioningService { registry, http }
+    }
+
+    // ----- webhook -----
+
+    /// Sets (or, with an empty URL, clears) the registry's provisioning webhook.
+    pub async fn set_webhook(
+        &self,
+        registry: &RegistryName,
+        mut webhook: Webhook,
+    ) -> Result<Webhook> {
+        self.registry.get_registry(registry).await?;
+        let key = format!("{registry}");
+        if webhook.url.is_empty() {
+            self.store()
+                .delete_record(RecordKind::Settings, &key)
+                .await?;
+            return Ok(Webhook::default());
+        }
+        if !(webhook.url.starts_with("http://") || webhook.url.starts_with("https://")) {
+            return Err(Rejection::invalid_argument(format!(
+                "the webhook url must be http:// or https://, got '{}'",
+                webhook.url
+            ))
+            .into());
+        }
+        if webhook.timeout_ms == 0 {
+            webhook.timeout_ms = WEBHOOK_TIMEOUT_DEFAULT_MS;
+        }
+        if webhook.timeout_ms > WEBHOOK_TIMEOUT_MAX_MS {
+            return Err(Rejection::invalid_argument(format!(
+                "the webhook timeout is at most {WEBHOOK_TIMEOUT_MAX_MS} ms"
+            ))
+            .into());
+        }
+        self.store()
+            .put_record(RecordKind::Settings, &key, encode(&webhook)?, false)
+            .await?;
+        Ok(webhook)
+    }
+
+    pub async fn get_webhook(&self, registry: &RegistryName) -> Result<Webhook> {
+        match self
+            .store()
+            .get_record(RecordKind::Settings, &registry.to_string())
+            .await?
+        {
+            Some(b) => decode(&b),
+            None => Ok(Webhook::default()),
+        }
+    }
+
+    /// Asks the operator's webhook; `Err` is the refusal.
+    async fn ask_webhook(
+        &self,
+        webhook: &Webhook,
+        b: &Bootstrap,
+        request: &ProvisionRequest,
+        fingerprint: &str,
+    ) -> std::result::Result<(), (Reason, String)> {
+        let body = serde_json::json!({
+            "registry": b.registry,
+            "bootstrap": b.id,
+            "lot": b.lot,
+            "claims": request.claims,
+            "key_fingerprint": fingerprint,
+        });
+        let timeout = std::time::Duration::from_millis(webhook.timeout_ms.max(1));
+        let on_error = |reason: Reason, message: String| match webhook.on_error {
+            WebhookOnError::Allow => Ok(()),
+            WebhookOnError::Deny => Err((reason, message)),
+        };
+        let response = match self
+            .http
+            .post(&webhook.url)
+            .timeout(timeout)
+            .json(&body)
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) if e.is_timeout() => {
+                return on_error(
+                    Reason::WebhookTimeout,
+                    format!(
+                        "the webhook did not answer within {} ms",
+                        webhook.timeout_ms
+                    ),
+                );
+            }
+            Err(e) => {
+                return on_error(
+                    Reason::WebhookError,
+                    format!("the webhook could not be reached: {e}"),
+                );
+            }
+        };
+        if !response.status().is_success() {
+            return on_error(
+                Reason::WebhookError,
+                format!("the webhook answered HTTP {}", response.status()),
+            );
+        }
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            allow: bool,
+            #[serde(default)]
+            reason: String,
+        }
+        match tokio::time::timeout(timeout, response.json::<Answer>()).await {
+            Ok(Ok(a)) if a.allow => Ok(()),
+            Ok(Ok(a)) => Err((
+                Reason::WebhookDenied,
+                if a.reason.is_empty() {
+                    "the webhook said no".into()
+                } else {
+                    format!("the webhook said no: {}", a.reason)
+                },
+            )),
+            Ok(Err(e)) => on_error(
+                Reason::WebhookError,
+                format!("the webhook's answer is not {{\"allow\": bool}}: {e}"),
+            ),
+            Err(_) => on_error(
+                Reason::WebhookTimeout,
+                format!(
+                    "the webhook did not answer within {} ms",
+                    webhook.timeout_ms
+                ),
+            ),
+        }
     }
 
     fn store(&self) -> &Arc<dyn RegistryStore> {
@@ -697,6 +835,12 @@ impl ProvisioningService {
         if let Some(existing) = self.repeat_of(registry, &b, request).await {
             decision.rule = "repeat of an allowed request".into();
             return Ok(existing);
+        }
+        let webhook = self.get_webhook(registry).await.map_err(internal)?;
+        if !webhook.url.is_empty() {
+            self.ask_webhook(&webhook, &b, request, &fingerprint)
+                .await?;
+            decision.rule = format!("webhook {}", webhook.url);
         }
         // Reserve a slot of the quota atomically (released if registration fails).
         let quota_update = |delta: i64| {

@@ -148,6 +148,9 @@ pub enum Reason {
     Denylisted,
     NotAllowlisted,
     AlreadyRegistered,
+    WebhookDenied,
+    WebhookTimeout,
+    WebhookError,
     Internal,
 }
 
@@ -163,6 +166,9 @@ impl Reason {
             Reason::Denylisted => "DENYLISTED",
             Reason::NotAllowlisted => "NOT_ALLOWLISTED",
             Reason::AlreadyRegistered => "ALREADY_REGISTERED",
+            Reason::WebhookDenied => "WEBHOOK_DENIED",
+            Reason::WebhookTimeout => "WEBHOOK_TIMEOUT",
+            Reason::WebhookError => "WEBHOOK_ERROR",
             Reason::Internal => "INTERNAL",
         }
     }
@@ -191,4 +197,24 @@ pub struct Decision {
     pub num_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+}
+
+/// What an unanswered or failing webhook means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum WebhookOnError {
+    #[default]
+    Deny,
+    Allow,
+}
+
+/// The operator's webhook, asked last before a device is registered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Webhook {
+    /// `http://` or `https://` URL; empty = no webhook.
+    pub url: String,
+    /// Milliseconds to wait for the answer (default 2,000; at most 30,000).
+    pub timeout_ms: u64,
+    pub on_error: WebhookOnError,
 }

@@ -44,6 +44,42 @@ pub enum ProvisionCommand {
     /// Provisioning decisions, newest first
     #[command(subcommand)]
     Decisions(DecisionsCommand),
+    /// The operator webhook asked last before a device is registered
+    #[command(subcommand)]
+    Webhook(WebhookCommand),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OnError {
+    Deny,
+    Allow,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhookCommand {
+    /// Set the webhook: POST {registry, bootstrap, lot, claims, key_fingerprint}, answer {"allow": bool, "reason": "…"}
+    Set {
+        #[command(flatten)]
+        registry: RegistryRef,
+        #[arg(long)]
+        url: String,
+        /// Milliseconds to wait (default 2000, at most 30000)
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+        /// What an unanswered or failing webhook means
+        #[arg(long, value_enum, default_value_t = OnError::Deny)]
+        on_error: OnError,
+    },
+    /// Show the webhook
+    Show {
+        #[command(flatten)]
+        registry: RegistryRef,
+    },
+    /// Remove the webhook
+    Clear {
+        #[command(flatten)]
+        registry: RegistryRef,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -210,6 +246,39 @@ pub async fn run(args: ProvisionArgs) -> Result<()> {
         ProvisionCommand::Bootstraps(cmd) => bootstraps(c, &client, cmd).await?,
         ProvisionCommand::Allowlist(cmd) => lists(c, &client, "ALLOW", cmd).await?,
         ProvisionCommand::Denylist(cmd) => lists(c, &client, "DENY", cmd).await?,
+        ProvisionCommand::Webhook(cmd) => {
+            let (registry, body) = match cmd {
+                WebhookCommand::Set {
+                    registry,
+                    url,
+                    timeout_ms,
+                    on_error,
+                } => {
+                    let on_error = match on_error {
+                        OnError::Deny => "DENY",
+                        OnError::Allow => "ALLOW",
+                    };
+                    (
+                        registry,
+                        Some(
+                            json!({ "url": url, "timeoutMs": timeout_ms.unwrap_or(0), "onError": on_error }),
+                        ),
+                    )
+                }
+                WebhookCommand::Clear { registry } => (registry, Some(json!({ "url": "" }))),
+                WebhookCommand::Show { registry } => (registry, None),
+            };
+            let path = format!("{}/provisioningWebhook", registry_path(p, &registry));
+            let method = if body.is_some() {
+                Method::PUT
+            } else {
+                Method::GET
+            };
+            print(
+                c.format,
+                &client.call(method, &path, &[], body.as_ref()).await?,
+            );
+        }
         ProvisionCommand::Decisions(DecisionsCommand::List {
             registry,
             bootstrap,
