@@ -232,3 +232,28 @@ def test_devices_without_mqtt_provision_over_https(seed):
     assert answer.json()["decision"] == "ALLOWED", answer.text
     bad = requests.post(url, json=body, headers={"Authorization": "Bearer not.a.jwt"}, verify=seed.world.ca, timeout=10)
     assert bad.status_code == 401, bad.text
+
+
+def test_a_device_that_cannot_make_keys_gets_a_server_made_one(seed):
+    bootstrap, key = create_bootstrap(seed)
+    token = jwt.encode({"aud": seed.world.project, "iat": int(time.time()), "exp": int(time.time()) + 600},
+                       key, algorithm="ES256")
+    base = f"https://{seed.world.endpoints['device_http'].replace('0.0.0.0', '127.0.0.1')}/v1"
+    device_id = unique("keyless")
+    answer = requests.post(f"{base}/{seed.registry.name}/bootstraps/{bootstrap}:provision",
+                           json={"serial": unique("s"), "device_id": device_id, "generate_key": "ES256"},
+                           headers={"Authorization": f"Bearer {token}"}, verify=seed.world.ca, timeout=10).json()
+    assert answer["decision"] == "ALLOWED" and answer["private_key"].startswith("-----BEGIN PRIVATE KEY-----"), answer
+    # The private key works as the device's credential, and the stored decision does not hold it.
+    private = serialization.load_pem_private_key(answer["private_key"].encode(), password=None)
+    device = Device(seed.registry, device_id, answer["num_id"], DeviceKey("ES256", private), {})
+    seed.world.connected(device).publish_acked(device.events(), b"from a server-made key")
+    assert all("private_key" not in d for d in decisions(seed, bootstrap=bootstrap))
+
+
+def test_a_bootstrap_over_its_rate_is_refused_with_rate_limited(seed):
+    bootstrap, key = create_bootstrap(seed, maxProvisionsPerSecond=1)
+    claimant = Claimant(seed, bootstrap, key)
+    answers = [claimant.ask(unique("pi"), serial=unique("s")) for _ in range(3)]
+    reasons = [a.get("reason", a["decision"]) for a in answers]
+    assert reasons[0] == "ALLOWED" and "RATE_LIMITED" in reasons[1:], reasons

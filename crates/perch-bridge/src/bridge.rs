@@ -70,6 +70,8 @@ impl Default for BridgeOptions {
 
 pub(crate) struct Inner {
     pub(crate) registry: RegistryService,
+    /// One per process, so that per-bootstrap rate limits hold across connections.
+    pub(crate) provisioning: perch_registry::provisioning::ProvisioningService,
     pub(crate) pubsub: PubsubService,
     pub(crate) sessions: Sessions,
     pub(crate) activity: Activity,
@@ -127,6 +129,9 @@ impl Bridge {
         Bridge {
             inner: Arc::new(Inner {
                 connections: Arc::new(Semaphore::new(options.max_connections)),
+                provisioning: perch_registry::provisioning::ProvisioningService::new(
+                    registry.clone(),
+                ),
                 registry,
                 pubsub,
                 sessions,

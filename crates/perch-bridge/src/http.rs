@@ -383,27 +383,44 @@ async fn provision(
 ) -> Response {
     let result = async {
         if version != "v1" && version != "v1beta1" {
-            return Err(failure(ErrorCode::NotFound, format!("no device API version '{version}'; use v1")));
+            return Err(failure(
+                ErrorCode::NotFound,
+                format!("no device API version '{version}'; use v1"),
+            ));
         }
         let bootstrap = rest
             .strip_suffix(":provision")
             .filter(|b| !b.is_empty())
-            .ok_or_else(|| failure(ErrorCode::NotFound, format!("no bootstrap method serves '{rest}'; use B:provision")))?;
-        let registry = RegistryName::parse("name", &format!("projects/{project}/locations/{location}/registries/{registry}"))
-            .map_err(|e| failure(ErrorCode::InvalidArgument, e.to_string()))?;
+            .ok_or_else(|| {
+                failure(
+                    ErrorCode::NotFound,
+                    format!("no bootstrap method serves '{rest}'; use B:provision"),
+                )
+            })?;
+        let registry = RegistryName::parse(
+            "name",
+            &format!("projects/{project}/locations/{location}/registries/{registry}"),
+        )
+        .map_err(|e| failure(ErrorCode::InvalidArgument, e.to_string()))?;
         let token = bearer(&headers)?;
-        let service = perch_registry::provisioning::ProvisioningService::new(bridge.registry.clone());
+        let service = &bridge.provisioning;
         service
             .authenticate(&registry, bootstrap, token, Utc::now())
             .await
-            .map_err(|e| failure(ErrorCode::Unauthenticated, format!("the bootstrap JWT was refused: {e}")))?;
+            .map_err(|e| {
+                failure(
+                    ErrorCode::Unauthenticated,
+                    format!("the bootstrap JWT was refused: {e}"),
+                )
+            })?;
         let request: perch_registry::provisioning::model::ProvisionRequest = parse_json(&body)?;
-        let decision = service.provision(&registry, bootstrap, request).await.map_err(|e| failure(e.code(), e.to_string()))?;
-        let mut out = serde_json::to_value(&decision).unwrap_or_default();
-        if decision.decision == "ALLOWED" {
-            out["mqtt"] = serde_json::json!({ "client_id": format!("{registry}/devices/{}", decision.claims.device_id) });
-        }
-        Ok(ok_json(out))
+        let decision = service
+            .provision(&registry, bootstrap, request)
+            .await
+            .map_err(|e| failure(e.code(), e.to_string()))?;
+        Ok(ok_json(crate::mqtt::bootstrap::answer(
+            &registry, &decision,
+        )))
     }
     .await;
     result.unwrap_or_else(error_response)

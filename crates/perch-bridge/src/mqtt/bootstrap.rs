@@ -10,7 +10,6 @@ use bytes::Bytes;
 use chrono::Utc;
 use perch_core::RegistryName;
 use perch_registry::auth::JWT_CLOCK_SKEW;
-use perch_registry::provisioning::ProvisioningService;
 use perch_registry::provisioning::model::ProvisionRequest;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
@@ -38,6 +37,22 @@ pub(crate) fn parse_client_id(client_id: &str) -> Option<(RegistryName, String)>
     (!bootstrap.is_empty() && !bootstrap.contains('/')).then(|| (registry, bootstrap.to_owned()))
 }
 
+/// The answer a device gets: the stored decision, plus how to connect as itself and, for
+/// `generate_key`, its private key (which is never stored).
+pub(crate) fn answer(
+    registry: &RegistryName,
+    decision: &perch_registry::provisioning::model::Decision,
+) -> serde_json::Value {
+    let mut v = serde_json::to_value(decision).unwrap_or_default();
+    if decision.decision == "ALLOWED" {
+        v["mqtt"] = serde_json::json!({ "client_id": format!("{registry}/devices/{}", decision.claims.device_id) });
+        if let Some(key) = &decision.private_key {
+            v["private_key"] = key.clone().into();
+        }
+    }
+    v
+}
+
 /// Serves a bootstrap connection from its CONNECT to its end.
 pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     bridge: &Inner,
@@ -46,7 +61,7 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     registry: RegistryName,
     bootstrap: String,
 ) {
-    let service = ProvisioningService::new(bridge.registry.clone());
+    let service = &bridge.provisioning;
     let refuse = |code: u8| {
         Packet::ConnAck(ConnAck {
             session_present: false,
@@ -156,15 +171,7 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     Ok(mut request) => {
                         request.request_id = rid.clone();
                         match service.provision(&registry, &bootstrap, request).await {
-                            Ok(decision) => {
-                                let mut v = serde_json::to_value(&decision).unwrap_or_default();
-                                if decision.decision == "ALLOWED" {
-                                    v["mqtt"] = serde_json::json!({
-                                        "client_id": format!("{registry}/devices/{}", decision.claims.device_id)
-                                    });
-                                }
-                                v
-                            }
+                            Ok(decision) => answer(&registry, &decision),
                             Err(e) => {
                                 serde_json::json!({ "request_id": rid, "decision": "DENIED", "reason": "INTERNAL", "message": e.to_string() })
                             }

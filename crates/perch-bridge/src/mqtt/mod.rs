@@ -2,7 +2,7 @@
 //! `connection` (one task per connection: handshake, ACL, keep-alive, JWT expiry, QoS 1,
 //! config and command delivery) and `listener` (accept loop, TLS, connection cap).
 
-mod bootstrap;
+pub(crate) mod bootstrap;
 pub mod codec;
 pub(crate) mod connection;
 mod gateway;

@@ -28,6 +28,8 @@ use crate::{DevicePatch, RegistryService, Result, keys};
 pub const DEFAULT_DEVICE_QUOTA: u64 = 10_000;
 /// Most decisions one list call returns.
 pub const DECISIONS_LIST_MAX: usize = 1000;
+/// Provisions per second a bootstrap may make when its creator sets no rate.
+pub const DEFAULT_PROVISIONS_PER_SECOND: u32 = 5_000;
 /// Webhook answer deadline when the operator sets none, and the most it may be set to.
 pub const WEBHOOK_TIMEOUT_DEFAULT_MS: u64 = 2_000;
 pub const WEBHOOK_TIMEOUT_MAX_MS: u64 = 30_000;
@@ -178,6 +180,8 @@ fn request_credential(
 pub struct ProvisioningService {
     registry: RegistryService,
     http: reqwest::Client,
+    /// Token buckets per bootstrap: (tokens, last refill). One service per process shares them.
+    limiter: Arc<std::sync::Mutex<std::collections::HashMap<String, (f64, std::time::Instant)>>>,
 }
 
 impl ProvisioningService {
@@ -186,7 +190,34 @@ impl ProvisioningService {
             .no_proxy()
             .build()
             .unwrap_or_default();
-        ProvisioningService { registry, http }
+        ProvisioningService {
+            registry,
+            http,
+            limiter: Arc::default(),
+        }
+    }
+
+    /// Takes one provisioning token of a bootstrap; false when it is over its rate.
+    fn take_token(&self, b: &Bootstrap) -> bool {
+        let rate = f64::from(if b.max_provisions_per_second == 0 {
+            DEFAULT_PROVISIONS_PER_SECOND
+        } else {
+            b.max_provisions_per_second
+        });
+        let now = std::time::Instant::now();
+        let Ok(mut buckets) = self.limiter.lock() else {
+            return true;
+        };
+        let bucket = buckets
+            .entry(format!("{}/{}", b.registry, b.id))
+            .or_insert((rate, now));
+        bucket.0 = (bucket.0 + now.duration_since(bucket.1).as_secs_f64() * rate).min(rate);
+        bucket.1 = now;
+        if bucket.0 < 1.0 {
+            return false;
+        }
+        bucket.0 -= 1.0;
+        true
     }
 
     // ----- webhook -----
@@ -679,6 +710,7 @@ impl ProvisioningService {
             key_fingerprint: String::new(),
             num_id: None,
             name: None,
+            private_key: None,
         };
         let outcome = self
             .evaluate(registry, bootstrap_id, &request, now, &mut decision)
@@ -692,6 +724,7 @@ impl ProvisioningService {
                 decision.claims.device_id = device.id.to_string();
             }
             Err((reason, message)) => {
+                decision.private_key = None;
                 decision.reason = Some(reason);
                 decision.message = message;
                 let id = bootstrap_id.to_owned();
@@ -765,6 +798,14 @@ impl ProvisioningService {
                 ),
             ));
         }
+        if !self.take_token(&b) {
+            return Err((
+                Reason::RateLimited,
+                format!(
+                    "bootstrap `{bootstrap_id}` is provisioning faster than it may; retry shortly"
+                ),
+            ));
+        }
         let id: DeviceId = request
             .claims
             .device_id
@@ -779,6 +820,29 @@ impl ProvisioningService {
                 ),
             ));
         }
+        let generated;
+        let request = match request.generate_key.as_deref() {
+            None => request,
+            Some("ES256") if request.public_key.is_none() && request.csr.is_none() => {
+                let (private, public) =
+                    generate_p256_key_pair().map_err(|e| (Reason::Internal, e.to_string()))?;
+                decision.private_key = Some(private);
+                generated = ProvisionRequest {
+                    public_key: Some(model::RequestKey {
+                        format: model::PublicKeyFormatName::Es256Pem,
+                        key: public,
+                    }),
+                    ..request.clone()
+                };
+                &generated
+            }
+            Some(other) => {
+                return Err((
+                    Reason::InvalidRequest,
+                    format!("generate_key takes \"ES256\" and no public_key or csr, got '{other}'"),
+                ));
+            }
+        };
         let (credential, fingerprint) = request_credential(request)?;
         decision.key_fingerprint = fingerprint.clone();
         let claims = [

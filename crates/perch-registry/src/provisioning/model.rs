@@ -37,6 +37,10 @@ pub struct Bootstrap {
     pub lot: String,
     #[serde(default)]
     pub reprovision_policy: ReprovisionPolicy,
+    /// Provisions per second this bootstrap may make (0 = the default, 5,000); faster requests
+    /// are refused with RATE_LIMITED and may retry.
+    #[serde(default)]
+    pub max_provisions_per_second: u32,
     pub enabled: bool,
     #[serde(default)]
     pub provisioned: u64,
@@ -133,6 +137,10 @@ pub struct ProvisionRequest {
     pub public_key: Option<RequestKey>,
     #[serde(default)]
     pub csr: Option<String>,
+    /// `"ES256"`: the server makes the key pair and returns the private key (devices that cannot
+    /// make keys; the CSR or public key forms are preferred).
+    #[serde(default)]
+    pub generate_key: Option<String>,
 }
 
 /// Machine-readable reasons for a refusal (also sent to the device).
@@ -142,6 +150,7 @@ pub enum Reason {
     BootstrapDisabled,
     BootstrapExpired,
     QuotaExceeded,
+    RateLimited,
     InvalidRequest,
     InvalidPublicKey,
     InvalidCsr,
@@ -160,6 +169,7 @@ impl Reason {
             Reason::BootstrapDisabled => "BOOTSTRAP_DISABLED",
             Reason::BootstrapExpired => "BOOTSTRAP_EXPIRED",
             Reason::QuotaExceeded => "QUOTA_EXCEEDED",
+            Reason::RateLimited => "RATE_LIMITED",
             Reason::InvalidRequest => "INVALID_REQUEST",
             Reason::InvalidPublicKey => "INVALID_PUBLIC_KEY",
             Reason::InvalidCsr => "INVALID_CSR",
@@ -197,6 +207,10 @@ pub struct Decision {
     pub num_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// A server-made private key (`generate_key`), for the device only: never stored, never
+    /// serialized; the bridge adds it to the answer it sends.
+    #[serde(skip)]
+    pub private_key: Option<String>,
 }
 
 /// What an unanswered or failing webhook means.
