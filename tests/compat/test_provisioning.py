@@ -257,3 +257,37 @@ def test_a_bootstrap_over_its_rate_is_refused_with_rate_limited(seed):
     answers = [claimant.ask(unique("pi"), serial=unique("s")) for _ in range(3)]
     reasons = [a.get("reason", a["decision"]) for a in answers]
     assert reasons[0] == "ALLOWED" and "RATE_LIMITED" in reasons[1:], reasons
+
+
+def test_a_csr_earns_a_certificate_from_perchs_ca_that_the_device_connects_with(seed):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    bootstrap, key = create_bootstrap(seed)
+    claimant = Claimant(seed, bootstrap, key)
+    assert claimant.client.connect() == 0
+    device_key = DeviceKey.es256()
+    device_id = unique("csr-pi")
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
+           .sign(device_key.private_key, hashes.SHA256())
+           .public_bytes(serialization.Encoding.PEM).decode())
+    rid = uuid.uuid4().hex
+    prefix = claimant.prefix
+    claimant.client.subscribe(f"{prefix}/responses/{rid}", qos=1)
+    claimant.client.publish_acked(f"{prefix}/requests/{rid}",
+                                  json.dumps({"serial": unique("s"), "device_id": device_id, "csr": csr}).encode())
+    msg = claimant.client.wait(lambda: next((m for m in claimant.client.messages if m.topic.endswith(rid)), None), 10,
+                               "the answer to the CSR")
+    answer = json.loads(msg.payload)
+    assert answer["decision"] == "ALLOWED", answer
+    cert = x509.load_pem_x509_certificate(answer["certificate"].encode())
+    ca = x509.load_pem_x509_certificate(open(seed.world.ca, "rb").read())
+    assert cert.issuer == ca.subject
+    cert.verify_directly_issued_by(ca)
+    assert cert.public_key().public_numbers() == device_key.private_key.public_key().public_numbers()
+    described = seed.admin.get_device(f"{seed.registry.name}/devices/{device_id}")
+    assert described["credentials"][0]["publicKey"]["format"] == "ES256_X509_PEM", described
+    device = Device(seed.registry, device_id, answer["num_id"], device_key, {})
+    seed.world.connected(device).publish_acked(device.events(), b"certified")

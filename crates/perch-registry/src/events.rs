@@ -51,3 +51,10 @@ pub trait CommandSink: Send + Sync + std::fmt::Debug {
         subfolder: String,
     ) -> Result<(), Rejection>;
 }
+
+/// Signs device certificates for CSRs sent during provisioning; implemented by the
+/// composition root with the data dir's CA (the registry never holds a CA key).
+pub trait CertificateIssuer: Send + Sync + std::fmt::Debug {
+    /// A PEM certificate for the CSR's key, for device `device_id`; `Err` says why not.
+    fn issue(&self, csr_pem: &str, device_id: &str) -> Result<String, String>;
+}

@@ -22,7 +22,7 @@ use perch_core::{
 };
 use perch_store::RegistryStore;
 
-use crate::events::{CommandSink, EVENT_CHANNEL_CAPACITY, RegistryEvent};
+use crate::events::{CertificateIssuer, CommandSink, EVENT_CHANNEL_CAPACITY, RegistryEvent};
 use crate::keys;
 use crate::{Result, page};
 
@@ -153,6 +153,7 @@ pub struct RegistryService {
     options: RegistryServiceOptions,
     events: tokio::sync::broadcast::Sender<RegistryEvent>,
     commands: Arc<std::sync::OnceLock<Arc<dyn CommandSink>>>,
+    issuer: Arc<std::sync::OnceLock<Arc<dyn CertificateIssuer>>>,
 }
 
 fn clamp_page_size(requested: usize) -> usize {
@@ -323,6 +324,7 @@ impl RegistryService {
             options,
             events: tokio::sync::broadcast::channel(EVENT_CHANNEL_CAPACITY).0,
             commands: Arc::new(std::sync::OnceLock::new()),
+            issuer: Arc::new(std::sync::OnceLock::new()),
         }
     }
 
@@ -334,6 +336,15 @@ impl RegistryService {
     /// Where `sendCommandToDevice` delivers; set once by the composition root.
     pub fn set_command_sink(&self, sink: Arc<dyn CommandSink>) {
         let _ = self.commands.set(sink);
+    }
+
+    /// Who signs certificates for provisioning CSRs; set once by the composition root.
+    pub fn set_certificate_issuer(&self, issuer: Arc<dyn CertificateIssuer>) {
+        let _ = self.issuer.set(issuer);
+    }
+
+    pub fn certificate_issuer(&self) -> Option<&Arc<dyn CertificateIssuer>> {
+        self.issuer.get()
     }
 
     fn emit(&self, event: RegistryEvent) {

@@ -78,6 +78,7 @@ pub async fn serve(
         Arc::new(SystemClock),
         RegistryServiceOptions::default(),
     );
+    registry.set_certificate_issuer(Arc::new(tls::DeviceCertificateIssuer::load(&material)?));
     let devices = DeviceManagerApi::new(registry.clone());
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

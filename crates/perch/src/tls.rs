@@ -114,3 +114,59 @@ pub fn server_config(
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
+
+/// Signs provisioning CSRs with the data dir's CA (the same CA devices trust for TLS), so a
+/// device that sent a CSR connects with a certificate chaining to `ca.pem`.
+pub struct DeviceCertificateIssuer {
+    ca_cert_pem: String,
+    ca_key_pem: String,
+}
+
+impl std::fmt::Debug for DeviceCertificateIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeviceCertificateIssuer(***)")
+    }
+}
+
+/// How long a certificate issued for a provisioning CSR is valid.
+pub const DEVICE_CERTIFICATE_VALIDITY_DAYS: i64 = 10 * 365;
+
+impl DeviceCertificateIssuer {
+    /// Reads the CA made by `ensure`.
+    pub fn load(material: &TlsMaterial) -> Result<DeviceCertificateIssuer> {
+        let key_path = material.ca_pem.with_file_name("ca.key");
+        Ok(DeviceCertificateIssuer {
+            ca_cert_pem: fs::read_to_string(&material.ca_pem)
+                .with_context(|| format!("cannot read {}", material.ca_pem.display()))?,
+            ca_key_pem: fs::read_to_string(&key_path)
+                .with_context(|| format!("cannot read {}", key_path.display()))?,
+        })
+    }
+}
+
+impl perch_registry::events::CertificateIssuer for DeviceCertificateIssuer {
+    fn issue(&self, csr_pem: &str, device_id: &str) -> std::result::Result<String, String> {
+        let key = KeyPair::from_pem(&self.ca_key_pem)
+            .map_err(|e| format!("the CA key is unusable: {e}"))?;
+        let issuer = Issuer::from_ca_cert_pem(&self.ca_cert_pem, key)
+            .map_err(|e| format!("the CA certificate is unusable: {e}"))?;
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| format!("the CSR cannot be read: {e}"))?;
+        use chrono::Datelike;
+        let today = chrono::Utc::now().date_naive();
+        let until = today + chrono::Duration::days(DEVICE_CERTIFICATE_VALIDITY_DAYS);
+        let ymd =
+            |d: chrono::NaiveDate| rcgen::date_time_ymd(d.year(), d.month() as u8, d.day() as u8);
+        csr.params.not_before = ymd(today);
+        csr.params.not_after = ymd(until);
+        csr.params.distinguished_name = rcgen::DistinguishedName::new();
+        csr.params
+            .distinguished_name
+            .push(DnType::CommonName, device_id);
+        csr.params.is_ca = IsCa::NoCa;
+        let cert = csr
+            .signed_by(&issuer)
+            .map_err(|e| format!("the CSR could not be signed: {e}"))?;
+        Ok(cert.pem())
+    }
+}

@@ -710,6 +710,7 @@ impl ProvisioningService {
             key_fingerprint: String::new(),
             num_id: None,
             name: None,
+            certificate: None,
             private_key: None,
         };
         let outcome = self
@@ -725,6 +726,7 @@ impl ProvisioningService {
             }
             Err((reason, message)) => {
                 decision.private_key = None;
+                decision.certificate = None;
                 decision.reason = Some(reason);
                 decision.message = message;
                 let id = bootstrap_id.to_owned();
@@ -843,7 +845,23 @@ impl ProvisioningService {
                 ));
             }
         };
-        let (credential, fingerprint) = request_credential(request)?;
+        let (mut credential, fingerprint) = request_credential(request)?;
+        // With a CA to sign, a CSR earns a certificate, which becomes the device's credential.
+        if let (Some(csr), Some(issuer)) = (&request.csr, self.registry.certificate_issuer()) {
+            let certificate = issuer
+                .issue(csr, id.as_str())
+                .map_err(|e| (Reason::InvalidCsr, e))?;
+            credential = DeviceCredential {
+                format: if credential.format.is_rsa() {
+                    PublicKeyFormat::RsaX509Pem
+                } else {
+                    PublicKeyFormat::Es256X509Pem
+                },
+                key: certificate.clone(),
+                expiration_time: None,
+            };
+            decision.certificate = Some(certificate);
+        }
         decision.key_fingerprint = fingerprint.clone();
         let claims = [
             (EntryKind::Serial, request.claims.serial.as_str()),

@@ -207,6 +207,9 @@ pub struct Decision {
     pub num_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// The certificate Perch's CA issued for the request's CSR.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
     /// A server-made private key (`generate_key`), for the device only: never stored, never
     /// serialized; the bridge adds it to the answer it sends.
     #[serde(skip)]
