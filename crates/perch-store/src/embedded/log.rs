@@ -101,7 +101,8 @@ pub struct SegmentLog {
 struct Inner {
     root: PathBuf,
     streams: RwLock<HashMap<u64, Arc<Stream>>>,
-    writer: std::sync::Mutex<mpsc::Sender<WriteRequest>>,
+    /// `std::sync::mpsc::Sender` is `Sync`: publishers on every runtime worker send without a lock.
+    writer: mpsc::Sender<WriteRequest>,
     segment_max_bytes: u64,
 }
 
@@ -399,7 +400,7 @@ impl SegmentLog {
         let inner = Arc::new(Inner {
             root: root.to_owned(),
             streams: RwLock::new(streams),
-            writer: std::sync::Mutex::new(tx),
+            writer: tx,
             segment_max_bytes,
         });
         let weak = Arc::downgrade(&inner);
@@ -633,8 +634,6 @@ impl MessageLog for SegmentLog {
         let (reply, rx) = oneshot::channel();
         self.inner
             .writer
-            .lock()
-            .map_err(backend)?
             .send(WriteRequest {
                 stream,
                 messages,
