@@ -790,6 +790,7 @@ impl ProvisioningService {
             // Only a repeat of an allowed request may still be answered (see `repeat_of`).
             if let Some(existing) = self.repeat_of(registry, &b, request).await {
                 decision.rule = "repeat of an allowed request".into();
+                decision.certificate = self.certificate_for(request, &existing.id)?;
                 return Ok(existing);
             }
             return Err((
@@ -846,22 +847,6 @@ impl ProvisioningService {
             }
         };
         let (mut credential, fingerprint) = request_credential(request)?;
-        // With a CA to sign, a CSR earns a certificate, which becomes the device's credential.
-        if let (Some(csr), Some(issuer)) = (&request.csr, self.registry.certificate_issuer()) {
-            let certificate = issuer
-                .issue(csr, id.as_str())
-                .map_err(|e| (Reason::InvalidCsr, e))?;
-            credential = DeviceCredential {
-                format: if credential.format.is_rsa() {
-                    PublicKeyFormat::RsaX509Pem
-                } else {
-                    PublicKeyFormat::Es256X509Pem
-                },
-                key: certificate.clone(),
-                expiration_time: None,
-            };
-            decision.certificate = Some(certificate);
-        }
         decision.key_fingerprint = fingerprint.clone();
         let claims = [
             (EntryKind::Serial, request.claims.serial.as_str()),
@@ -916,6 +901,7 @@ impl ProvisioningService {
         }
         if let Some(existing) = self.repeat_of(registry, &b, request).await {
             decision.rule = "repeat of an allowed request".into();
+            decision.certificate = self.certificate_for(request, &existing.id)?;
             return Ok(existing);
         }
         let webhook = self.get_webhook(registry).await.map_err(internal)?;
@@ -923,6 +909,20 @@ impl ProvisioningService {
             self.ask_webhook(&webhook, &b, request, &fingerprint)
                 .await?;
             decision.rule = format!("webhook {}", webhook.url);
+        }
+        // Only now, with every check passed, may Perch's CA sign the CSR; the certificate then
+        // becomes the device's credential.
+        if let Some(certificate) = self.certificate_for(request, &id)? {
+            credential = DeviceCredential {
+                format: if credential.format.is_rsa() {
+                    PublicKeyFormat::RsaX509Pem
+                } else {
+                    PublicKeyFormat::Es256X509Pem
+                },
+                key: certificate.clone(),
+                expiration_time: None,
+            };
+            decision.certificate = Some(certificate);
         }
         // Reserve a slot of the quota atomically (released if registration fails).
         let quota_update = |delta: i64| {
@@ -963,6 +963,21 @@ impl ProvisioningService {
                 .await;
         }
         registered
+    }
+
+    /// A certificate from Perch's CA for the request's CSR, when there is a CSR and a CA.
+    fn certificate_for(
+        &self,
+        request: &ProvisionRequest,
+        id: &DeviceId,
+    ) -> std::result::Result<Option<String>, (Reason, String)> {
+        match (&request.csr, self.registry.certificate_issuer()) {
+            (Some(csr), Some(issuer)) => issuer
+                .issue(csr, id.as_str())
+                .map(Some)
+                .map_err(|e| (Reason::InvalidCsr, e)),
+            _ => Ok(None),
+        }
     }
 
     /// The device an earlier, allowed request from this bootstrap with this same key created,
