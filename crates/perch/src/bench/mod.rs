@@ -1,6 +1,8 @@
 //! `perch bench …`: load generators and benchmarks that print measured figures (never timed
 //! tests). Each benchmark lives in its own module.
 
+pub mod devices;
+pub mod provision;
 pub mod pubsub;
 pub mod registry;
 
@@ -20,11 +22,17 @@ pub enum BenchCommand {
     Registry(registry::RegistryBenchArgs),
     /// Pub/Sub beside NATS JetStream: publish and end-to-end rates, latency, backlog memory
     Pubsub(pubsub::PubsubBenchArgs),
+    /// Simulated MQTT devices against Perch or any broker: connects/s, publishes/s, PUBACK latency
+    Devices(devices::DevicesBenchArgs),
+    /// Provisioning storm: devices claiming identities with one bootstrap credential, provisions/s
+    Provision(provision::ProvisionBenchArgs),
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
     match args.command {
         BenchCommand::Registry(a) => registry::run(a).await,
         BenchCommand::Pubsub(a) => pubsub::run(a).await,
+        BenchCommand::Devices(a) => devices::run(a).await,
+        BenchCommand::Provision(a) => provision::run(a).await,
     }
 }

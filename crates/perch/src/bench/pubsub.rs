@@ -82,6 +82,10 @@ pub struct PubsubBenchArgs {
     /// Messages per Publish request (Perch); publishes in flight per task (JetStream)
     #[arg(long, default_value_t = 100)]
     batch: usize,
+    /// Connections the publishing tasks share, round-robin (one each side by default, as one
+    /// client process would use)
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
     /// Unread messages for the memory reading; 0 skips that phase
     #[arg(long, default_value_t = 1_000_000)]
     backlog: usize,
@@ -269,8 +273,8 @@ impl Tally {
 }
 
 pub async fn run(args: PubsubBenchArgs) -> Result<()> {
-    if args.messages == 0 || args.publishers == 0 || args.batch == 0 {
-        bail!("--messages, --publishers and --batch must be at least 1");
+    if args.messages == 0 || args.publishers == 0 || args.batch == 0 || args.connections == 0 {
+        bail!("--messages, --publishers, --batch and --connections must be at least 1");
     }
     if args.batch > PUBLISH_MAX_MESSAGES {
         bail!(
@@ -347,7 +351,11 @@ async fn perch_channel(args: &PubsubBenchArgs) -> Result<(Channel, String)> {
 async fn run_perch(args: &PubsubBenchArgs) -> Result<SystemReport> {
     let (channel, addr) = perch_channel(args).await?;
     let pid = args.perch_pid.or_else(|| find_listener_pid(&addr));
-    let publisher = PublisherClient::new(channel.clone());
+    let mut publishers = vec![PublisherClient::new(channel.clone())];
+    for _ in 1..args.connections {
+        publishers.push(PublisherClient::new(perch_channel(args).await?.0));
+    }
+    let publisher = &publishers[0];
     let mut admin = SubscriberClient::new(channel.clone());
     let id = run_id();
     let topic = |suffix: &str| format!("projects/bench/topics/{id}{suffix}");
@@ -370,7 +378,7 @@ async fn run_perch(args: &PubsubBenchArgs) -> Result<SystemReport> {
         )?;
 
     eprintln!("perch: publish {} messages", args.messages);
-    let publish = perch_publish(&publisher, &topic(""), args.messages, args, pid).await?;
+    let publish = perch_publish(&publishers, &topic(""), args.messages, args, pid).await?;
 
     eprintln!("perch: end to end, {} messages", args.messages);
     admin
@@ -386,7 +394,7 @@ async fn run_perch(args: &PubsubBenchArgs) -> Result<SystemReport> {
         args.messages,
         args.max_outstanding,
     ));
-    let e2e_publish = perch_publish(&publisher, &topic(""), args.messages, args, pid).await?;
+    let e2e_publish = perch_publish(&publishers, &topic(""), args.messages, args, pid).await?;
     let consumed = await_consumer(consumer, "perch end to end").await?;
     let end_to_end = end_to_end(&meter, consumed, e2e_publish, args);
 
@@ -406,7 +414,7 @@ async fn run_perch(args: &PubsubBenchArgs) -> Result<SystemReport> {
             .context("CreateSubscription failed")?;
         let before = pid.and_then(rss_bytes);
         let publish =
-            perch_publish(&publisher, &topic("-backlog"), args.backlog, args, pid).await?;
+            perch_publish(&publishers, &topic("-backlog"), args.backlog, args, pid).await?;
         Some(memory(args.backlog, pid, before, publish).await)
     } else {
         None
@@ -438,7 +446,7 @@ async fn run_perch(args: &PubsubBenchArgs) -> Result<SystemReport> {
 
 /// `total` messages in Publish requests of `--batch`, from `--publishers` tasks.
 async fn perch_publish(
-    client: &PublisherClient<Channel>,
+    clients: &[PublisherClient<Channel>],
     topic: &str,
     total: usize,
     args: &PubsubBenchArgs,
@@ -448,8 +456,9 @@ async fn perch_publish(
     let (batch, size) = (args.batch, args.size);
     let meter = Meter::start(pid);
     let workers = (0..args.publishers)
-        .map(|_| {
-            let (mut client, next, topic) = (client.clone(), next.clone(), topic.to_owned());
+        .map(|i| {
+            let mut client = clients[i % clients.len()].clone();
+            let (next, topic) = (next.clone(), topic.to_owned());
             tokio::spawn(async move {
                 let mut histogram = new_histogram();
                 loop {
@@ -573,6 +582,14 @@ async fn run_jetstream(args: &PubsubBenchArgs, url: &str) -> Result<SystemReport
     let addr = url.split("://").last().unwrap_or(url).to_owned();
     let pid = find_listener_pid(&addr);
     let js = jetstream::new(client);
+    let mut publishers = vec![js.clone()];
+    for _ in 1..args.connections {
+        publishers.push(jetstream::new(
+            async_nats::connect(url)
+                .await
+                .with_context(|| format!("cannot connect to NATS at {url}"))?,
+        ));
+    }
     let id = run_id().replace('-', "_");
     let stream_name = |suffix: &str| format!("{id}{suffix}").to_uppercase();
     let stream_config = |suffix: &str| jetstream::stream::Config {
@@ -595,7 +612,14 @@ async fn run_jetstream(args: &PubsubBenchArgs, url: &str) -> Result<SystemReport
         .with_context(|| format!("cannot create a JetStream stream on {url}; is JetStream on?"))?;
 
     eprintln!("jetstream {url}: publish {} messages", args.messages);
-    let publish = jetstream_publish(&js, format!("{id}.publish"), args.messages, args, pid).await?;
+    let publish = jetstream_publish(
+        &publishers,
+        format!("{id}.publish"),
+        args.messages,
+        args,
+        pid,
+    )
+    .await?;
 
     eprintln!("jetstream {url}: end to end, {} messages", args.messages);
     stream
@@ -614,7 +638,8 @@ async fn run_jetstream(args: &PubsubBenchArgs, url: &str) -> Result<SystemReport
         .map_err(|e| anyhow::anyhow!("cannot open the JetStream consumer: {e}"))?;
     let meter = Meter::start(pid);
     let consuming = tokio::spawn(jetstream_consume(consumer, args.messages));
-    let e2e_publish = jetstream_publish(&js, format!("{id}.e2e"), args.messages, args, pid).await?;
+    let e2e_publish =
+        jetstream_publish(&publishers, format!("{id}.e2e"), args.messages, args, pid).await?;
     let consumed = await_consumer(consuming, "jetstream end to end").await?;
     let end_to_end = end_to_end(&meter, consumed, e2e_publish, args);
 
@@ -633,7 +658,7 @@ async fn run_jetstream(args: &PubsubBenchArgs, url: &str) -> Result<SystemReport
             .map_err(|e| anyhow::anyhow!("cannot create a JetStream consumer: {e}"))?;
         let before = pid.and_then(rss_bytes);
         let subject = format!("{id}_backlog.m");
-        let publish = jetstream_publish(&js, subject, args.backlog, args, pid).await?;
+        let publish = jetstream_publish(&publishers, subject, args.backlog, args, pid).await?;
         Some(memory(args.backlog, pid, before, publish).await)
     } else {
         None
@@ -655,7 +680,7 @@ async fn run_jetstream(args: &PubsubBenchArgs, url: &str) -> Result<SystemReport
 /// `total` messages from `--publishers` tasks, each keeping up to `--batch` publishes waiting
 /// for their ack.
 async fn jetstream_publish(
-    js: &jetstream::Context,
+    contexts: &[jetstream::Context],
     subject: String,
     total: usize,
     args: &PubsubBenchArgs,
@@ -665,8 +690,9 @@ async fn jetstream_publish(
     let (window, size) = (args.batch, args.size);
     let meter = Meter::start(pid);
     let workers = (0..args.publishers)
-        .map(|_| {
-            let (js, next, subject) = (js.clone(), next.clone(), subject.clone());
+        .map(|i| {
+            let js = contexts[i % contexts.len()].clone();
+            let (next, subject) = (next.clone(), subject.clone());
             tokio::spawn(async move {
                 let mut histogram = new_histogram();
                 let mut in_flight = VecDeque::with_capacity(window);
