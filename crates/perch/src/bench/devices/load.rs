@@ -1,12 +1,11 @@
 //! The load itself: `--devices` simulated devices, each an MQTT 3.1.1 connection driven by
 //! rumqttc, started at `--connect-rate`, publishing on a fixed schedule until the deadline.
 //!
-//! Each device is two tasks and one small lock. The *driver* owns rumqttc's `EventLoop` and
-//! is never cancelled mid-poll (a dropped poll can lose a half-written packet); it connects
-//! (a fresh JWT per attempt in Perch mode), reconnects with backoff and full jitter, and
-//! matches PUBACKs to publishes. The *publisher* sleeps until the next slot of the schedule,
-//! hands a PUBLISH to rumqttc's channel, and renews the JWT by draining and disconnecting
-//! (IoT Core has no in-band refresh), as `perch-device` does.
+//! Each device is two tasks and one small lock. The *driver* (here) owns rumqttc's
+//! `EventLoop` and is never cancelled mid-poll (a dropped poll can lose a half-written
+//! packet); it connects (a fresh JWT per attempt in Perch mode), reconnects with backoff and
+//! full jitter, and matches PUBACKs to publishes. The *publisher* (`publisher.rs`) follows the
+//! schedule and renews the JWT.
 //!
 //! How a PUBACK finds its send time: rumqttc numbers publishes in the order they leave its
 //! channel and reports `Outgoing::Publish(pkid)` in that order. The publisher enqueues the
@@ -16,7 +15,8 @@
 //! connection ends the driver (under the same lock) drops rumqttc's queued requests and
 //! counts every outstanding publish as lost: sessions are clean and nothing is resent.
 //!
-//! Does not own creating devices or reading the results from a subscription (`perch.rs`).
+//! Does not own creating devices or reading the results from a subscription (`perch.rs`), nor
+//! printing (`report.rs`).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -33,21 +33,15 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use super::Target;
+use super::publisher::Publisher;
 
 /// TCP + TLS + CONNACK must complete within this (rumqttc also bounds each flush by it).
 const CONNECT_TIMEOUT_SECS: u64 = 10;
 /// First and largest reconnect ceilings; a benchmark retries sooner than a real device.
 const RECONNECT_BASE_DELAY: Duration = Duration::from_millis(500);
 const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(10);
-/// How long a JWT renewal waits for the device's outstanding publishes before disconnecting.
-const RENEWAL_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often a renewal checks whether the device's publishes have drained.
-const RENEWAL_DRAIN_POLL: Duration = Duration::from_millis(5);
 /// Latencies are recorded in microseconds up to this bound (one hour).
 const LATENCY_MAX_MICROS: u64 = 3_600_000_000;
-/// Bytes of a payload that identify it: device index (u32) and sequence number (u64), big
-/// endian. The rest is filler.
-pub(super) const STAMP_BYTES: usize = 12;
 
 /// What every device does, from the flags.
 #[derive(Debug, Clone)]
@@ -67,13 +61,13 @@ pub(super) fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, LATENCY_MAX_MICROS, 3).expect("the bounds are valid constants")
 }
 
-fn record(histogram: &Mutex<Histogram<u64>>, elapsed: Duration) {
+pub(super) fn record(histogram: &Mutex<Histogram<u64>>, elapsed: Duration) {
     let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
     lock(histogram).saturating_record(micros.max(1));
 }
 
 /// A poisoned lock only means another task panicked while counting; the counts stay usable.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -142,29 +136,30 @@ impl Stats {
 }
 
 /// What the driver and publisher of one device share.
-struct DeviceState {
-    connected: bool,
+pub(super) struct DeviceState {
+    pub(super) connected: bool,
     /// Bumped on every connect; a renewal only acts on the connection it timed.
-    generation: u64,
-    connected_at: Instant,
+    pub(super) generation: u64,
+    pub(super) connected_at: Instant,
     /// Send times of publishes rumqttc has not numbered yet, in channel order.
-    unnumbered: VecDeque<Instant>,
+    pub(super) unnumbered: VecDeque<Instant>,
     /// Send times by packet id, awaiting their PUBACK.
-    inflight: HashMap<u16, Instant>,
+    pub(super) inflight: HashMap<u16, Instant>,
 }
 
 impl DeviceState {
-    fn outstanding(&self) -> usize {
+    pub(super) fn outstanding(&self) -> usize {
         self.unnumbered.len() + self.inflight.len()
     }
 }
 
-struct Device {
-    index: usize,
-    topic: String,
-    client: AsyncClient,
-    state: Mutex<DeviceState>,
-    connected: Notify,
+pub(super) struct Device {
+    pub(super) index: usize,
+    pub(super) topic: String,
+    pub(super) client: AsyncClient,
+    pub(super) state: Mutex<DeviceState>,
+    /// Notified on every connect; the publisher waits on it.
+    pub(super) connected: Notify,
 }
 
 /// One run: the devices, the shared counters and the switch that ends everything.
@@ -258,12 +253,12 @@ impl Load {
             plan: plan.clone(),
             ever_connected: false,
         };
-        let publisher = Publisher {
-            device: device.clone(),
-            stats: self.stats.clone(),
-            renew_after: target.renew_after(),
-            plan: plan.clone(),
-        };
+        let publisher = Publisher::new(
+            device.clone(),
+            self.stats.clone(),
+            target.renew_after(),
+            plan.clone(),
+        );
         DeviceHandle {
             device,
             driver: tokio::spawn(driver.run(eventloop)),
@@ -463,164 +458,5 @@ fn describe_io(e: &std::io::Error) -> String {
         std::io::ErrorKind::UnexpectedEof => "closed by the server".into(),
         std::io::ErrorKind::ConnectionReset => "reset by the server".into(),
         kind => format!("I/O: {kind:?}"),
-    }
-}
-
-struct Publisher {
-    device: Arc<Device>,
-    stats: Arc<Stats>,
-    renew_after: Option<Duration>,
-    plan: Arc<Plan>,
-}
-
-enum Refused {
-    NotConnected,
-    WindowFull,
-}
-
-impl Publisher {
-    async fn run(self) {
-        let deadline = self.plan.deadline;
-        let Some(mut generation) = self.wait_connected(0).await else {
-            return;
-        };
-        // A random phase spreads the devices' slots evenly over one interval.
-        let interval = self.plan.publish_interval;
-        let mut next = Instant::now() + interval.mul_f64(rand::random::<f64>());
-        let mut sequence = 0u64;
-        loop {
-            let renew_at = self
-                .renew_after
-                .map(|after| lock(&self.device.state).connected_at + after);
-            let wake = renew_at.map_or(next, |r| r.min(next)).min(deadline);
-            tokio::time::sleep_until(wake).await;
-            let now = Instant::now();
-            if now >= deadline {
-                return;
-            }
-            if renew_at.is_some_and(|r| r <= now) {
-                match self.renew(generation).await {
-                    Some(g) => generation = g,
-                    None => return,
-                }
-                continue;
-            }
-            record(&self.stats.schedule_lag, now - next);
-            next += interval;
-            if next <= now {
-                // The generator fell more than a slot behind: skip, and say so in the report.
-                let behind = (now - next).as_nanos() / interval.as_nanos().max(1) + 1;
-                self.stats
-                    .slots_missed
-                    .fetch_add(behind as u64, Ordering::Relaxed);
-                next += interval * u32::try_from(behind).unwrap_or(u32::MAX);
-            }
-            match self.try_publish(sequence) {
-                Ok(()) => {
-                    self.stats.sent.fetch_add(1, Ordering::Relaxed);
-                    sequence += 1;
-                }
-                Err(Refused::NotConnected) => {
-                    self.stats
-                        .skipped_not_connected
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-                Err(Refused::WindowFull) => {
-                    self.stats
-                        .skipped_window_full
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-    }
-
-    /// Hands one PUBLISH to rumqttc, and its send time to the driver, under the device lock.
-    fn try_publish(&self, sequence: u64) -> Result<(), Refused> {
-        let payload = payload(self.device.index, sequence, self.plan.size);
-        let mut state = lock(&self.device.state);
-        if !state.connected {
-            return Err(Refused::NotConnected);
-        }
-        let tracked = self.plan.qos != QoS::AtMostOnce;
-        if tracked && state.outstanding() >= self.plan.max_inflight {
-            return Err(Refused::WindowFull);
-        }
-        self.device
-            .client
-            .try_publish(self.device.topic.as_str(), self.plan.qos, false, payload)
-            .map_err(|_| Refused::WindowFull)?;
-        if tracked {
-            state.unnumbered.push_back(Instant::now());
-            self.stats.outstanding.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(())
-    }
-
-    /// Waits until a connection newer than `generation` is up; `None` at the deadline.
-    async fn wait_connected(&self, generation: u64) -> Option<u64> {
-        loop {
-            {
-                let state = lock(&self.device.state);
-                if state.connected && state.generation > generation {
-                    return Some(state.generation);
-                }
-            }
-            tokio::select! {
-                _ = self.device.connected.notified() => {}
-                _ = tokio::time::sleep_until(self.plan.deadline) => return None,
-            }
-        }
-    }
-
-    /// Renews the JWT as IoT Core devices must: let outstanding publishes finish, DISCONNECT,
-    /// and let the driver reconnect with a fresh token. Returns the new connection's generation.
-    async fn renew(&self, generation: u64) -> Option<u64> {
-        let give_up = Instant::now() + RENEWAL_DRAIN_TIMEOUT;
-        while lock(&self.device.state).outstanding() > 0 && Instant::now() < give_up {
-            tokio::time::sleep(RENEWAL_DRAIN_POLL).await;
-        }
-        {
-            let mut state = lock(&self.device.state);
-            if state.generation == generation && state.connected {
-                state.connected = false;
-                self.stats.connected_now.fetch_sub(1, Ordering::Relaxed);
-                self.stats.renewals.fetch_add(1, Ordering::Relaxed);
-                let _ = self.device.client.try_disconnect();
-            }
-        }
-        self.wait_connected(generation).await
-    }
-}
-
-/// `size` bytes: the device index and sequence number (see [`STAMP_BYTES`]), then filler.
-/// Payloads shorter than the stamp carry only its first bytes.
-pub(super) fn payload(device: usize, sequence: u64, size: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(size.max(STAMP_BYTES));
-    out.extend_from_slice(&u32::try_from(device).unwrap_or(u32::MAX).to_be_bytes());
-    out.extend_from_slice(&sequence.to_be_bytes());
-    out.resize(size.max(STAMP_BYTES), b'x');
-    out.truncate(size);
-    out
-}
-
-/// The device index and sequence number of a payload made by [`payload`].
-pub(super) fn parse_stamp(payload: &[u8]) -> Option<(u32, u64)> {
-    let device = u32::from_be_bytes(payload.get(0..4)?.try_into().ok()?);
-    let sequence = u64::from_be_bytes(payload.get(4..STAMP_BYTES)?.try_into().ok()?);
-    Some((device, sequence))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn payloads_carry_their_stamp_and_have_the_asked_size() {
-        let p = payload(7, 42, 100);
-        assert_eq!(p.len(), 100);
-        assert_eq!(parse_stamp(&p), Some((7, 42)));
-        assert_eq!(payload(7, 42, 5).len(), 5);
-        assert_eq!(parse_stamp(&payload(7, 42, 5)), None);
-        assert_eq!(parse_stamp(&payload(1, 2, STAMP_BYTES)), Some((1, 2)));
     }
 }

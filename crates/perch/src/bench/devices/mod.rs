@@ -16,6 +16,8 @@
 
 mod load;
 mod perch;
+mod progress;
+mod publisher;
 mod report;
 
 use std::path::PathBuf;
@@ -32,7 +34,8 @@ use crate::cli::client::AdminClient;
 use crate::cli::{ClientArgs, Format};
 use crate::datadir::read_endpoints;
 use load::{Load, Plan};
-use report::{Cpu, Report};
+use progress::Cpu;
+use report::{Outcome, Report};
 
 /// How long, after the deadline, outstanding publishes may still get their PUBACK.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -236,10 +239,10 @@ fn check_args(args: &DevicesBenchArgs) -> Result<()> {
     if !(args.duration > 0.0 && args.duration.is_finite()) {
         bail!("--duration must be a positive number of seconds");
     }
-    if args.verify_subscription && args.size < load::STAMP_BYTES {
+    if args.verify_subscription && args.size < publisher::STAMP_BYTES {
         bail!(
             "--verify-subscription needs --size of at least {} bytes",
-            load::STAMP_BYTES
+            publisher::STAMP_BYTES
         );
     }
     if args.broker.is_none() && Duration::from_secs(args.jwt_lifetime) < JWT_LIFETIME_MIN {
@@ -359,7 +362,7 @@ pub async fn run(args: DevicesBenchArgs) -> Result<()> {
         deadline: load.stats.started + Duration::from_secs_f64(args.duration),
     });
     let cpu_start = Cpu::read(args.server_pid);
-    let progress = report::spawn_progress(load.stats.clone(), plan.clone(), args.server_pid);
+    let progress = progress::spawn_progress(load.stats.clone(), plan.clone(), args.server_pid);
     load.start_devices(Arc::new(target.clone()), plan.clone())
         .await;
     tokio::time::sleep_until(plan.deadline).await;
@@ -371,7 +374,7 @@ pub async fn run(args: DevicesBenchArgs) -> Result<()> {
     load.finish(DRAIN_TIMEOUT).await;
     let cpu_end = Cpu::read(args.server_pid);
     let wall = load.stats.started.elapsed();
-    let timeline = report::stop_progress(progress).await;
+    let timeline = progress::stop_progress(progress).await;
 
     let verification = match (&admin, setup.as_ref().and_then(|s| s.subscription.as_ref())) {
         (Some(client), Some(subscription)) => {
@@ -386,17 +389,14 @@ pub async fn run(args: DevicesBenchArgs) -> Result<()> {
         }
         _ => None,
     };
-    let report = Report::new(
-        &args,
-        &target,
-        &plan,
-        &load.stats,
+    let outcome = Outcome {
         setup,
         verification,
-        [cpu_start, cpu_at_deadline, cpu_end],
+        cpu: [cpu_start, cpu_at_deadline, cpu_end],
         wall,
         timeline,
-    );
+    };
+    let report = Report::new(&args, &target, &plan, &load.stats, outcome);
     match args.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         Format::Table => report.print_table(),

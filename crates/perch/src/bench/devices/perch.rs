@@ -22,7 +22,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::load::parse_stamp;
+use super::publisher::parse_stamp;
 use crate::cli::client::AdminClient;
 use crate::datadir::write_private;
 
