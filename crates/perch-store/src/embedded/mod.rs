@@ -3,6 +3,7 @@
 
 mod log;
 mod pubsub;
+mod records;
 mod registry;
 
 pub use log::{SEGMENT_MAX_BYTES, SegmentLog};

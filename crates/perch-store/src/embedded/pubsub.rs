@@ -6,9 +6,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use perch_core::{ErrorCode, Rejection};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, TableDefinition};
 
+use super::records;
 use crate::pubsub::{AckProgress, PubsubStore, ResourceKind};
 use crate::{Error, Result};
 
@@ -63,37 +63,18 @@ impl PubsubStore for EmbeddedPubsubStore {
         value: Vec<u8>,
         create_only: bool,
     ) -> Result<()> {
-        let (k, name) = (key(kind, name), name.to_owned());
-        self.blocking(move |db| {
-            let txn = db.begin_write().map_err(backend)?;
-            {
-                let mut t = txn.open_table(RESOURCES).map_err(backend)?;
-                if create_only && t.get(k.as_str()).map_err(backend)?.is_some() {
-                    let id = name.rsplit('/').next().unwrap_or(&name).to_owned();
-                    return Err(Rejection::new(
-                        ErrorCode::AlreadyExists,
-                        format!("Resource already exists in the project (resource={id})."),
-                    )
-                    .into());
-                }
-                t.insert(k.as_str(), value.as_slice()).map_err(backend)?;
-            }
-            txn.commit().map_err(backend)?;
-            Ok(())
-        })
-        .await
+        let (k, id) = (
+            key(kind, name),
+            name.rsplit('/').next().unwrap_or(name).to_owned(),
+        );
+        self.blocking(move |db| records::put(db, RESOURCES, &k, &value, create_only, &id))
+            .await
     }
 
     async fn get_resource(&self, kind: ResourceKind, name: &str) -> Result<Option<Vec<u8>>> {
         let k = key(kind, name);
-        self.blocking(move |db| {
-            let txn = db.begin_read().map_err(backend)?;
-            let t = txn.open_table(RESOURCES).map_err(backend)?;
-            Ok(t.get(k.as_str())
-                .map_err(backend)?
-                .map(|v| v.value().to_vec()))
-        })
-        .await
+        self.blocking(move |db| records::get(db, RESOURCES, &k))
+            .await
     }
 
     async fn list_resources(&self, kind: ResourceKind) -> Result<Vec<(String, Vec<u8>)>> {
@@ -114,18 +95,8 @@ impl PubsubStore for EmbeddedPubsubStore {
 
     async fn delete_resource(&self, kind: ResourceKind, name: &str) -> Result<bool> {
         let k = key(kind, name);
-        self.blocking(move |db| {
-            let txn = db.begin_write().map_err(backend)?;
-            let existed = txn
-                .open_table(RESOURCES)
-                .map_err(backend)?
-                .remove(k.as_str())
-                .map_err(backend)?
-                .is_some();
-            txn.commit().map_err(backend)?;
-            Ok(existed)
-        })
-        .await
+        self.blocking(move |db| records::delete(db, RESOURCES, &k))
+            .await
     }
 
     async fn load_progress(&self, subscription: u64) -> Result<AckProgress> {

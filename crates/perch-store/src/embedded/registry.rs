@@ -21,6 +21,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::records;
 use crate::registry::{
     DeviceFilter, DeviceUpdate, RecordKind, RecordUpdate, RegistryStore, RegistryUpdate,
 };
@@ -717,37 +718,17 @@ impl RegistryStore for EmbeddedRegistryStore {
         value: Vec<u8>,
         create_only: bool,
     ) -> Result<()> {
-        let k = record_key(kind, key);
-        let id = key.rsplit('/').next().unwrap_or(key).to_owned();
-        self.blocking(move |db| {
-            let txn = db.begin_write().map_err(backend)?;
-            {
-                let mut t = txn.open_table(RECORDS).map_err(backend)?;
-                if create_only && t.get(k.as_str()).map_err(backend)?.is_some() {
-                    return Err(Rejection::new(
-                        ErrorCode::AlreadyExists,
-                        format!("Resource already exists in the project (resource={id})."),
-                    )
-                    .into());
-                }
-                t.insert(k.as_str(), value.as_slice()).map_err(backend)?;
-            }
-            txn.commit().map_err(backend)?;
-            Ok(())
-        })
-        .await
+        let (k, id) = (
+            record_key(kind, key),
+            key.rsplit('/').next().unwrap_or(key).to_owned(),
+        );
+        self.blocking(move |db| records::put(db, RECORDS, &k, &value, create_only, &id))
+            .await
     }
 
     async fn get_record(&self, kind: RecordKind, key: &str) -> Result<Option<Vec<u8>>> {
         let k = record_key(kind, key);
-        self.blocking(move |db| {
-            let txn = db.begin_read().map_err(backend)?;
-            let t = txn.open_table(RECORDS).map_err(backend)?;
-            Ok(t.get(k.as_str())
-                .map_err(backend)?
-                .map(|v| v.value().to_vec()))
-        })
-        .await
+        self.blocking(move |db| records::get(db, RECORDS, &k)).await
     }
 
     async fn list_records(
@@ -776,18 +757,8 @@ impl RegistryStore for EmbeddedRegistryStore {
 
     async fn delete_record(&self, kind: RecordKind, key: &str) -> Result<bool> {
         let k = record_key(kind, key);
-        self.blocking(move |db| {
-            let txn = db.begin_write().map_err(backend)?;
-            let existed = txn
-                .open_table(RECORDS)
-                .map_err(backend)?
-                .remove(k.as_str())
-                .map_err(backend)?
-                .is_some();
-            txn.commit().map_err(backend)?;
-            Ok(existed)
-        })
-        .await
+        self.blocking(move |db| records::delete(db, RECORDS, &k))
+            .await
     }
 
     async fn update_record(

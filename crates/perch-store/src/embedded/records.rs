@@ -1,0 +1,58 @@
+//! Opaque byte records keyed by strings in one redb table: the shape both the Pub/Sub resource
+//! records and the registry's provisioning records share. Synchronous: callers run these on
+//! the blocking pool.
+
+use perch_core::{ErrorCode, Rejection};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::{Error, Result};
+
+type Table = TableDefinition<'static, &'static str, &'static [u8]>;
+
+fn backend(e: impl std::fmt::Display) -> Error {
+    Error::Backend(e.to_string())
+}
+
+/// Stores `value` under `key`; with `create_only`, an existing key is `ALREADY_EXISTS` naming `id`.
+pub(crate) fn put(
+    db: &Database,
+    table: Table,
+    key: &str,
+    value: &[u8],
+    create_only: bool,
+    id: &str,
+) -> Result<()> {
+    let txn = db.begin_write().map_err(backend)?;
+    {
+        let mut t = txn.open_table(table).map_err(backend)?;
+        if create_only && t.get(key).map_err(backend)?.is_some() {
+            return Err(Rejection::new(
+                ErrorCode::AlreadyExists,
+                format!("Resource already exists in the project (resource={id})."),
+            )
+            .into());
+        }
+        t.insert(key, value).map_err(backend)?;
+    }
+    txn.commit().map_err(backend)?;
+    Ok(())
+}
+
+pub(crate) fn get(db: &Database, table: Table, key: &str) -> Result<Option<Vec<u8>>> {
+    let txn = db.begin_read().map_err(backend)?;
+    let t = txn.open_table(table).map_err(backend)?;
+    Ok(t.get(key).map_err(backend)?.map(|v| v.value().to_vec()))
+}
+
+/// Deletes `key`; false if it did not exist.
+pub(crate) fn delete(db: &Database, table: Table, key: &str) -> Result<bool> {
+    let txn = db.begin_write().map_err(backend)?;
+    let existed = txn
+        .open_table(table)
+        .map_err(backend)?
+        .remove(key)
+        .map_err(backend)?
+        .is_some();
+    txn.commit().map_err(backend)?;
+    Ok(existed)
+}
