@@ -116,12 +116,18 @@ def test_refusals_reach_the_device_and_the_decisions_list_with_their_reason(seed
         assert "abusive" in answer["message"], answer
 
 
-def test_a_bootstrap_connection_that_publishes_telemetry_is_closed(seed):
+@pytest.mark.parametrize("attempt", ["publish_telemetry", "subscribe_to_a_device", "subscribe_to_other_answers"])
+def test_a_bootstrap_connection_that_steps_outside_its_topics_is_closed(seed, attempt):
     bootstrap, key = create_bootstrap(seed)
     claimant = Claimant(seed, bootstrap, key)
     assert claimant.client.connect() == 0
-    claimant.client.publish(f"/devices/{unique('x')}/events", b"sneaky", qos=1)
-    claimant.client.wait_closed(10, what="the close of a bootstrap connection publishing telemetry")
+    if attempt == "publish_telemetry":
+        claimant.client.publish(f"/devices/{unique('x')}/events", b"sneaky", qos=1)
+    elif attempt == "subscribe_to_a_device":
+        claimant.client.client.subscribe(f"/devices/{unique('x')}/commands/#", 1)
+    else:  # every answer of the batch, not only the one to its own request
+        claimant.client.client.subscribe(f"{claimant.prefix}/responses/#", 1)
+    claimant.client.wait_closed(10, what=f"the close of a bootstrap connection that tried to {attempt}")
 
 
 def test_a_wrong_bootstrap_key_is_refused_with_connack_5(seed):
@@ -291,3 +297,80 @@ def test_a_csr_earns_a_certificate_from_perchs_ca_that_the_device_connects_with(
     assert described["credentials"][0]["publicKey"]["format"] == "ES256_X509_PEM", described
     device = Device(seed.registry, device_id, answer["num_id"], device_key, {})
     seed.world.connected(device).publish_acked(device.events(), b"certified")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# re-provisioning held for an operator, and revocation of one device among many
+def approvals(seed, **params) -> list[dict]:
+    return seed.admin.ok("GET", f"{seed.registry.name}/provisioningApprovals", params=params)["approvals"]
+
+
+def test_require_approval_holds_reprovisioning_until_an_operator_decides(seed):
+    bootstrap, key = create_bootstrap(seed, reprovisionPolicy="REQUIRE_APPROVAL")
+    claimant = Claimant(seed, bootstrap, key)
+    device_id, other_id = unique("pi"), unique("pi")
+    first = claimant.ask(device_id, serial=unique("s"))
+    assert first["decision"] == "ALLOWED", first
+    assert claimant.ask(other_id, serial=unique("s"))["decision"] == "ALLOWED"
+
+    # The device was reflashed and asks again with a new key: held, and asked again it stays held.
+    new_key = DeviceKey.es256()
+    for _ in range(2):
+        held = claimant.ask(device_id, serial=unique("s"), key=new_key)
+        assert held["decision"] == "DENIED" and held["reason"] == "PENDING_APPROVAL", held
+    pending = [a for a in approvals(seed, state="PENDING") if a["deviceId"] == device_id]
+    assert len(pending) == 1 and pending[0]["bootstrap"] == bootstrap, pending
+
+    approved = seed.admin.ok("POST", f"{seed.registry.name}/provisioningApprovals/{device_id}:approve", body={})
+    assert approved["state"] == "APPROVED", approved
+    again = claimant.ask(device_id, serial=unique("s"), key=new_key)
+    assert again["decision"] == "ALLOWED" and again["num_id"] == first["num_id"], again
+    device = Device(seed.registry, device_id, first["num_id"], new_key, {})
+    seed.world.connected(device).publish_acked(device.events(), b"after approval")
+    old = Device(seed.registry, device_id, first["num_id"], first["_key"], {})
+    seed.world.mqtt(old).expect_refused(5)
+    assert any(d["rule"] == "operator approval" and d["decision"] == "ALLOWED"
+               for d in decisions(seed, bootstrap=bootstrap)), decisions(seed, bootstrap=bootstrap)
+
+    # The other device's new key is denied: retries with it are refused for good.
+    other_key = DeviceKey.es256()
+    assert claimant.ask(other_id, serial=unique("s"), key=other_key)["reason"] == "PENDING_APPROVAL"
+    denied = seed.admin.ok("POST", f"{seed.registry.name}/provisioningApprovals/{other_id}:deny", body={})
+    assert denied["state"] == "DENIED", denied
+    refused = claimant.ask(other_id, serial=unique("s"), key=other_key)
+    assert refused["decision"] == "DENIED" and refused["reason"] == "APPROVAL_DENIED", refused
+    assert decisions(seed, bootstrap=bootstrap, reason="APPROVAL_DENIED")
+    # Deciding twice is an error the operator can read.
+    again = seed.admin.request("POST", f"{seed.registry.name}/provisioningApprovals/{other_id}:approve", body={})
+    assert again.status_code == 400 and "already DENIED" in again.text, again.text
+
+
+def test_revoking_one_of_100_connected_devices_cuts_it_off_within_2s_while_the_others_keep_publishing(seed):
+    bootstrap, key = create_bootstrap(seed, deviceQuota=100)
+    devices = []
+    for n in range(100):
+        if n % 10 == 0:  # a bootstrap connection may ask 10 times
+            claimant = Claimant(seed, bootstrap, key)
+        answer = claimant.ask(unique("fleet"), serial=unique("s"))
+        assert answer["decision"] == "ALLOWED", answer
+        devices.append(Device(seed.registry, answer["device_id"], answer["num_id"], answer["_key"], {}))
+    clients = [seed.world.connected(d) for d in devices]
+    for d, c in zip(devices, clients):
+        c.publish_acked(d.events(), b"before")
+
+    victim, victim_client = devices[37], clients[37]
+    revoked_at = time.monotonic()
+    seed.admin.patch_device(victim.name, {"blocked": True}, "blocked")
+    victim_client.wait_closed(5.0, what="the blocked device's connection to close")
+    cut_off = victim_client.closed_at - revoked_at
+    assert cut_off <= 2.0, cut_off
+    print(f"blocked device cut off {cut_off * 1000:.0f} ms after the PATCH was sent")
+
+    others = [(d, c) for d, c in zip(devices, clients) if c is not victim_client]
+    assert len(others) == 99
+    mids = [(c, c.publish(d.events(), b"after").mid) for d, c in others]
+    for c, mid in mids:
+        c.wait_puback(mid)
+    assert not any(c.closed for _, c in others)
+    # The revoked device cannot come back.
+    seed.world.mqtt(victim).expect_refused(5)

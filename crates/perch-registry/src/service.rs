@@ -20,7 +20,7 @@ use perch_core::model::{
 use perch_core::{
     Clock, DeviceId, DeviceName, DeviceRef, ErrorCode, LocationName, RegistryName, Rejection,
 };
-use perch_store::RegistryStore;
+use perch_store::{DeviceRecordUpdate, RecordKind, RegistryStore};
 
 use crate::events::{CertificateIssuer, CommandSink, EVENT_CHANNEL_CAPACITY, RegistryEvent};
 use crate::keys;
@@ -528,6 +528,35 @@ impl RegistryService {
     pub async fn create_devices(
         &self,
         parent: &RegistryName,
+        devices: Vec<Device>,
+    ) -> Result<Vec<Device>> {
+        let devices = self.prepare_new_devices(parent, devices).await?;
+        Ok(self.store.create_devices(parent, devices).await?)
+    }
+
+    /// Creates one device and applies record writes in the same transaction (fleet
+    /// provisioning: quota, decision); all or nothing.
+    pub async fn create_device_with_records(
+        &self,
+        parent: &RegistryName,
+        device: Device,
+        records: Vec<(RecordKind, String, DeviceRecordUpdate)>,
+    ) -> Result<Device> {
+        let device = self
+            .prepare_new_devices(parent, vec![device])
+            .await?
+            .pop()
+            .ok_or_else(|| Rejection::new(ErrorCode::Internal, "no device to create"))?;
+        Ok(self
+            .store
+            .create_device_with_records(parent, device, records)
+            .await?)
+    }
+
+    /// Checks new devices against their registry and sets what creation sets (config v1).
+    async fn prepare_new_devices(
+        &self,
+        parent: &RegistryName,
         mut devices: Vec<Device>,
     ) -> Result<Vec<Device>> {
         self.check_location(&parent.location())?;
@@ -565,7 +594,7 @@ impl RegistryService {
                 binary_data: std::mem::take(&mut device.config.binary_data),
             };
         }
-        Ok(self.store.create_devices(parent, devices).await?)
+        Ok(devices)
     }
 
     pub async fn get_device(&self, name: &DeviceName) -> Result<Device> {

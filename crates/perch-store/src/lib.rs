@@ -16,5 +16,6 @@ mod registry;
 
 pub use error::{Error, Result};
 pub use registry::{
-    DeviceFilter, DeviceUpdate, RecordKind, RecordUpdate, RegistryStore, RegistryUpdate,
+    DeviceFilter, DeviceRecordUpdate, DeviceUpdate, RecordKind, RecordUpdate, RegistryStore,
+    RegistryUpdate,
 };

@@ -18,6 +18,8 @@ pub enum RecordKind {
     Decision,
     /// Per-registry provisioning settings (the webhook).
     Settings,
+    /// Re-provisioning requests waiting for an operator.
+    Approval,
 }
 
 impl RecordKind {
@@ -27,6 +29,7 @@ impl RecordKind {
             RecordKind::PolicyEntry => "policy",
             RecordKind::Decision => "decision",
             RecordKind::Settings => "settings",
+            RecordKind::Approval => "approval",
         }
     }
 }
@@ -35,6 +38,12 @@ impl RecordKind {
 /// new bytes (None deletes) or refuses.
 pub type RecordUpdate =
     Box<dyn FnOnce(Option<Vec<u8>>) -> Result<Option<Vec<u8>>, Rejection> + Send>;
+
+/// A record write made together with a new device (see
+/// [`RegistryStore::create_device_with_records`]): sees the device as stored, numeric id
+/// included, and the record's current bytes; returns the new bytes (None deletes) or refuses.
+pub type DeviceRecordUpdate =
+    Box<dyn FnOnce(&Device, Option<Vec<u8>>) -> Result<Option<Vec<u8>>, Rejection> + Send>;
 
 /// A predicate that list scans apply to each device.
 pub type DeviceFilter = Box<dyn Fn(&Device) -> bool + Send>;
@@ -75,6 +84,15 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug + 'static {
         registry: &RegistryName,
         devices: Vec<Device>,
     ) -> Result<Vec<Device>>;
+    /// Stores one new device and, in the same transaction, applies `records` in order; all or
+    /// nothing, so a refusal by any record update leaves no device behind. Fleet provisioning
+    /// reserves its quota, creates the device and stores its decision in one commit this way.
+    async fn create_device_with_records(
+        &self,
+        registry: &RegistryName,
+        device: Device,
+        records: Vec<(RecordKind, String, DeviceRecordUpdate)>,
+    ) -> Result<Device>;
     /// The device, by string or numeric id, or `NOT_FOUND`.
     async fn get_device(&self, registry: &RegistryName, device: &DeviceRef) -> Result<Device>;
     /// Devices of a registry in id order, starting after `after`, that pass `filter`.
@@ -137,11 +155,22 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug + 'static {
         create_only: bool,
     ) -> Result<()>;
     async fn get_record(&self, kind: RecordKind, key: &str) -> Result<Option<Vec<u8>>>;
+    /// Several records read in one snapshot, in the order asked.
+    async fn get_records(&self, keys: Vec<(RecordKind, String)>) -> Result<Vec<Option<Vec<u8>>>>;
     /// Records whose key starts with `prefix`, in key order, at most `limit`.
     async fn list_records(
         &self,
         kind: RecordKind,
         prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>>;
+    /// Records whose key starts with `prefix` and sorts before `before` (all of them when
+    /// None), newest key first, at most `limit`: pages backwards through time-keyed records.
+    async fn list_records_rev(
+        &self,
+        kind: RecordKind,
+        prefix: &str,
+        before: Option<String>,
         limit: usize,
     ) -> Result<Vec<(String, Vec<u8>)>>;
     /// Deletes a record; false if it did not exist.
@@ -152,5 +181,16 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug + 'static {
         kind: RecordKind,
         key: &str,
         update: RecordUpdate,
-    ) -> Result<Option<Vec<u8>>>;
+    ) -> Result<Option<Vec<u8>>> {
+        let mut written = self
+            .update_records(vec![(kind, key.to_owned(), update)])
+            .await?;
+        Ok(written.pop().flatten())
+    }
+    /// Reads, changes and writes several records in one transaction, in order; all or nothing.
+    /// Returns what was written to each.
+    async fn update_records(
+        &self,
+        updates: Vec<(RecordKind, String, RecordUpdate)>,
+    ) -> Result<Vec<Option<Vec<u8>>>>;
 }

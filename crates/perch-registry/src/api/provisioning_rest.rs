@@ -3,6 +3,8 @@
 //! - `GET|POST …/registries/R/bootstraps`, `GET|DELETE …/bootstraps/B`, `POST …/bootstraps/B:enable|:disable`
 //! - `GET …/registries/R/provisioningPolicy`, `POST …/provisioningPolicy:add|:remove` `{"entries": […]}`
 //! - `GET …/registries/R/provisioningDecisions?bootstrap=&reason=&pageSize=`
+//! - `GET …/registries/R/provisioningApprovals?state=PENDING|APPROVED|DENIED`,
+//!   `POST …/provisioningApprovals/D:approve|:deny` (re-provisioning held by REQUIRE_APPROVAL)
 //! - `GET|PUT …/registries/R/provisioningWebhook` `{"url", "timeoutMs", "onError": "DENY"|"ALLOW"}` (empty url clears)
 //!
 //! JSON is camelCase; errors are `google.rpc.Status` like the rest of the admin API.
@@ -56,7 +58,11 @@ pub(crate) async fn handle(
         || parts[4] != "registries"
         || !matches!(
             parts[6],
-            "bootstraps" | "provisioningPolicy" | "provisioningDecisions" | "provisioningWebhook"
+            "bootstraps"
+                | "provisioningPolicy"
+                | "provisioningDecisions"
+                | "provisioningWebhook"
+                | "provisioningApprovals"
         )
     {
         return None;
@@ -112,6 +118,14 @@ pub(crate) async fn handle(
                     .await
                     .map_err(to_status)?;
                 json(&serde_json::json!({ "decisions": decisions }))
+            }
+            ("provisioningApprovals", None, None, &Method::GET) => {
+                let state = query_value(query, "state");
+                let approvals = service.list_approvals(r, state.as_deref()).await.map_err(to_status)?;
+                json(&serde_json::json!({ "approvals": approvals }))
+            }
+            ("provisioningApprovals", Some(device), Some(v @ ("approve" | "deny")), &Method::POST) => {
+                json(&service.decide_approval(r, device, v == "approve").await.map_err(to_status)?)
             }
             _ => return Err(Status::not_found(format!("no provisioning method serves {method} /v1/{path}"))),
         })

@@ -6,6 +6,7 @@
 
 pub mod model;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use base64::Engine;
@@ -13,13 +14,13 @@ use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Utc};
 use perch_core::model::{Device, DeviceCredential, PublicKeyFormat};
 use perch_core::{DeviceId, DeviceName, DeviceRef, ErrorCode, RegistryName, Rejection};
-use perch_store::{RecordKind, RegistryStore};
+use perch_store::{RecordKind, RecordUpdate, RegistryStore};
 use sha2::{Digest, Sha256};
 use x509_parser::prelude::FromDer;
 
 use self::model::{
-    Bootstrap, Decision, EntryKind, PolicyEntry, PolicyList, ProvisionRequest, Reason,
-    ReprovisionPolicy, Webhook, WebhookOnError,
+    Approval, ApprovalState, Bootstrap, Decision, EntryKind, PolicyEntry, PolicyList,
+    ProvisionRequest, Reason, ReprovisionPolicy, Webhook, WebhookOnError,
 };
 use crate::auth::{AuthError, verify_device_jwt};
 use crate::{DevicePatch, RegistryService, Result, keys};
@@ -28,6 +29,8 @@ use crate::{DevicePatch, RegistryService, Result, keys};
 pub const DEFAULT_DEVICE_QUOTA: u64 = 10_000;
 /// Most decisions one list call returns.
 pub const DECISIONS_LIST_MAX: usize = 1000;
+/// Decision records read per store call while `list_decisions` filters its way back in time.
+const DECISIONS_PAGE: usize = 512;
 /// Provisions per second a bootstrap may make when its creator sets no rate.
 pub const DEFAULT_PROVISIONS_PER_SECOND: u32 = 5_000;
 /// Webhook answer deadline when the operator sets none, and the most it may be set to.
@@ -520,16 +523,17 @@ impl ProvisioningService {
             )
             .into());
         }
+        // One transaction for the whole import: all entries or none.
+        let mut puts: Vec<(RecordKind, String, RecordUpdate)> = Vec::with_capacity(entries.len());
         for e in &entries {
-            self.store()
-                .put_record(
-                    RecordKind::PolicyEntry,
-                    &entry_key(registry, e.list, e.kind, &e.value),
-                    encode(e)?,
-                    false,
-                )
-                .await?;
+            let bytes = encode(e)?;
+            puts.push((
+                RecordKind::PolicyEntry,
+                entry_key(registry, e.list, e.kind, &e.value),
+                Box::new(move |_| Ok(Some(bytes))),
+            ));
         }
+        self.store().update_records(puts).await?;
         let denied: Vec<&PolicyEntry> = entries
             .iter()
             .filter(|e| e.list == PolicyList::Deny)
@@ -545,20 +549,26 @@ impl ProvisioningService {
         registry: &RegistryName,
         entries: &[PolicyEntry],
     ) -> Result<usize> {
-        let mut removed = 0;
-        for e in entries {
-            if self
-                .store()
-                .delete_record(
+        let removed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let deletes = entries
+            .iter()
+            .map(|e| {
+                let removed = removed.clone();
+                let delete: RecordUpdate = Box::new(move |current| {
+                    if current.is_some() {
+                        removed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Ok(None)
+                });
+                (
                     RecordKind::PolicyEntry,
-                    &entry_key(registry, e.list, e.kind, &e.value),
+                    entry_key(registry, e.list, e.kind, &e.value),
+                    delete,
                 )
-                .await?
-            {
-                removed += 1;
-            }
-        }
-        Ok(removed)
+            })
+            .collect();
+        self.store().update_records(deletes).await?;
+        Ok(removed.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     pub async fn list_policy_entries(&self, registry: &RegistryName) -> Result<Vec<PolicyEntry>> {
@@ -620,29 +630,6 @@ impl ProvisioningService {
         Ok(())
     }
 
-    async fn entry(
-        &self,
-        registry: &RegistryName,
-        list: PolicyList,
-        kind: EntryKind,
-        value: &str,
-    ) -> Result<Option<PolicyEntry>> {
-        if value.is_empty() {
-            return Ok(None);
-        }
-        match self
-            .store()
-            .get_record(
-                RecordKind::PolicyEntry,
-                &entry_key(registry, list, kind, value),
-            )
-            .await?
-        {
-            Some(b) => Ok(Some(decode(&b)?)),
-            None => Ok(None),
-        }
-    }
-
     // ----- decisions -----
 
     pub async fn list_decisions(
@@ -652,44 +639,64 @@ impl ProvisioningService {
         reason: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Decision>> {
-        let all = self
-            .store()
-            .list_records(RecordKind::Decision, &format!("{registry}/"), usize::MAX)
-            .await?;
+        let prefix = format!("{registry}/");
+        let limit = limit.clamp(1, DECISIONS_LIST_MAX);
         let mut out: Vec<Decision> = Vec::new();
-        for (_, v) in all.iter().rev() {
-            let d: Decision = decode(v)?;
-            if bootstrap.is_some_and(|b| d.bootstrap != b) {
-                continue;
+        let mut before = None;
+        // Newest first, a page at a time, so a filter over a long history stops at `limit`.
+        loop {
+            let page = self
+                .store()
+                .list_records_rev(RecordKind::Decision, &prefix, before.take(), DECISIONS_PAGE)
+                .await?;
+            for (_, v) in &page {
+                let d: Decision = decode(v)?;
+                if bootstrap.is_some_and(|b| d.bootstrap != b) {
+                    continue;
+                }
+                if reason.is_some_and(|r| {
+                    d.reason.map(|x| x.as_str()) != Some(r)
+                        && !(r == "ALLOWED" && d.decision == "ALLOWED")
+                }) {
+                    continue;
+                }
+                out.push(d);
+                if out.len() >= limit {
+                    return Ok(out);
+                }
             }
-            if reason.is_some_and(|r| {
-                d.reason.map(|x| x.as_str()) != Some(r)
-                    && !(r == "ALLOWED" && d.decision == "ALLOWED")
-            }) {
-                continue;
-            }
-            out.push(d);
-            if out.len() >= limit.clamp(1, DECISIONS_LIST_MAX) {
-                break;
+            match page.last() {
+                Some((key, _)) if page.len() == DECISIONS_PAGE => before = Some(key.clone()),
+                _ => return Ok(out),
             }
         }
-        Ok(out)
     }
 
-    async fn record(&self, registry: &RegistryName, d: &Decision) -> Result<()> {
+    /// A new decision's record key: registry, then time, so a registry's decisions list in order.
+    fn decision_key(registry: &RegistryName, d: &Decision) -> String {
         let nanos = d.time.timestamp_nanos_opt().unwrap_or_default();
-        let key = format!("{registry}/{nanos:020}-{:016x}", rand::random::<u64>());
+        format!("{registry}/{nanos:020}-{:016x}", rand::random::<u64>())
+    }
+
+    /// Stores a decision alone (allowed answers that changed no device in this request).
+    async fn record(&self, registry: &RegistryName, d: &Decision) -> Result<()> {
         self.store()
-            .put_record(RecordKind::Decision, &key, encode(d)?, false)
+            .put_record(
+                RecordKind::Decision,
+                &Self::decision_key(registry, d),
+                encode(d)?,
+                false,
+            )
             .await?;
         Ok(())
     }
 
     // ----- the request -----
 
-    /// Validates a request in order (bootstrap → request → denylist → allowlist → existing
-    /// device) and, when allowed, registers the device with its own credential. Always returns
-    /// the decision, which is also stored.
+    /// Validates a request in order (bootstrap → request → denylist → allowlist → webhook →
+    /// existing device) and, when allowed, registers the device with its own credential. Always
+    /// returns the decision, which is also stored — for a new device in the same commit that
+    /// creates it and takes its slot of the bootstrap's quota.
     pub async fn provision(
         &self,
         registry: &RegistryName,
@@ -713,47 +720,60 @@ impl ProvisioningService {
             certificate: None,
             private_key: None,
         };
-        let outcome = self
+        match self
             .evaluate(registry, bootstrap_id, &request, now, &mut decision)
-            .await;
-        match outcome {
-            Ok(device) => {
-                decision.decision = "ALLOWED".into();
-                decision.message = format!("device `{}` registered", device.id);
-                decision.num_id = Some(device.num_id.to_string());
-                decision.name = Some(registry.device_name(device.num_id));
-                decision.claims.device_id = device.id.to_string();
+            .await
+        {
+            Ok(Allowed::Stored(device)) => allow(&mut decision, registry, &device),
+            Ok(Allowed::Unstored(device)) => {
+                allow(&mut decision, registry, &device);
+                self.record(registry, &decision).await?;
             }
             Err((reason, message)) => {
                 decision.private_key = None;
                 decision.certificate = None;
                 decision.reason = Some(reason);
                 decision.message = message;
-                let id = bootstrap_id.to_owned();
-                let update = Box::new(move |current: Option<Vec<u8>>| {
-                    let Some(bytes) = current else {
-                        return Ok(None);
-                    };
-                    let mut b: Bootstrap = serde_json::from_slice(&bytes)
-                        .map_err(|e| Rejection::new(ErrorCode::Internal, e.to_string()))?;
-                    b.refused += 1;
-                    serde_json::to_vec(&b)
-                        .map(Some)
-                        .map_err(|e| Rejection::new(ErrorCode::Internal, e.to_string()))
-                });
-                let _ = self
-                    .store()
-                    .update_record(RecordKind::Bootstrap, &bootstrap_key(registry, &id), update)
-                    .await;
+                self.store_refusal(registry, &decision).await?;
             }
         }
-        self.record(registry, &decision).await?;
         tracing::info!(
             registry = %registry, bootstrap = bootstrap_id, device = %decision.claims.device_id,
             decision = %decision.decision, reason = decision.reason.map(Reason::as_str).unwrap_or(""),
             "provisioning decision"
         );
         Ok(decision)
+    }
+
+    /// Stores a refusal and counts it on its bootstrap, in one commit.
+    async fn store_refusal(&self, registry: &RegistryName, d: &Decision) -> Result<()> {
+        let count: perch_store::RecordUpdate = Box::new(|current: Option<Vec<u8>>| {
+            let Some(bytes) = current else {
+                return Ok(None);
+            };
+            let mut b: Bootstrap = serde_json::from_slice(&bytes)
+                .map_err(|e| Rejection::new(ErrorCode::Internal, e.to_string()))?;
+            b.refused += 1;
+            serde_json::to_vec(&b)
+                .map(Some)
+                .map_err(|e| Rejection::new(ErrorCode::Internal, e.to_string()))
+        });
+        let bytes = encode(d)?;
+        self.store()
+            .update_records(vec![
+                (
+                    RecordKind::Bootstrap,
+                    bootstrap_key(registry, &d.bootstrap),
+                    count,
+                ),
+                (
+                    RecordKind::Decision,
+                    Self::decision_key(registry, d),
+                    Box::new(move |_| Ok(Some(bytes))),
+                ),
+            ])
+            .await?;
+        Ok(())
     }
 
     async fn evaluate(
@@ -763,69 +783,12 @@ impl ProvisioningService {
         request: &ProvisionRequest,
         now: DateTime<Utc>,
         decision: &mut Decision,
-    ) -> std::result::Result<Device, (Reason, String)> {
+    ) -> std::result::Result<Allowed, (Reason, String)> {
         let internal = |e: crate::Error| (Reason::Internal, e.to_string());
-        let b = self
-            .get_bootstrap(registry, bootstrap_id)
-            .await
-            .map_err(|_| {
-                (
-                    Reason::BootstrapDisabled,
-                    format!("bootstrap `{bootstrap_id}` no longer exists"),
-                )
-            })?;
-        if !b.enabled {
-            return Err((
-                Reason::BootstrapDisabled,
-                format!("bootstrap `{bootstrap_id}` is disabled"),
-            ));
-        }
-        if b.expire_time.is_some_and(|t| t <= now) {
-            return Err((
-                Reason::BootstrapExpired,
-                format!("bootstrap `{bootstrap_id}` expired"),
-            ));
-        }
-        if b.provisioned >= b.device_quota {
-            // Only a repeat of an allowed request may still be answered (see `repeat_of`).
-            if let Some(existing) = self.repeat_of(registry, &b, request).await {
-                decision.rule = "repeat of an allowed request".into();
-                decision.certificate = self.certificate_for(request, &existing.id)?;
-                return Ok(existing);
-            }
-            return Err((
-                Reason::QuotaExceeded,
-                format!(
-                    "bootstrap `{bootstrap_id}` has used its quota of {} devices",
-                    b.device_quota
-                ),
-            ));
-        }
-        if !self.take_token(&b) {
-            return Err((
-                Reason::RateLimited,
-                format!(
-                    "bootstrap `{bootstrap_id}` is provisioning faster than it may; retry shortly"
-                ),
-            ));
-        }
-        let id: DeviceId = request
-            .claims
-            .device_id
-            .parse()
-            .map_err(|e: perch_core::IdError| (Reason::InvalidRequest, e.to_string()))?;
-        if !glob_matches(&b.device_id_pattern, id.as_str()) {
-            return Err((
-                Reason::InvalidRequest,
-                format!(
-                    "device id `{id}` does not match the bootstrap's pattern `{}`",
-                    b.device_id_pattern
-                ),
-            ));
-        }
+        // The request's own key first (pure computation), so that one snapshot can answer
+        // every lookup its claims need; its errors still count only after the bootstrap's.
         let generated;
         let request = match request.generate_key.as_deref() {
-            None => request,
             Some("ES256") if request.public_key.is_none() && request.csr.is_none() => {
                 let (private, public) =
                     generate_p256_key_pair().map_err(|e| (Reason::Internal, e.to_string()))?;
@@ -839,27 +802,102 @@ impl ProvisioningService {
                 };
                 &generated
             }
-            Some(other) => {
-                return Err((
-                    Reason::InvalidRequest,
-                    format!("generate_key takes \"ES256\" and no public_key or csr, got '{other}'"),
-                ));
-            }
+            _ => request,
         };
-        let (mut credential, fingerprint) = request_credential(request)?;
-        decision.key_fingerprint = fingerprint.clone();
+        let parsed = request_credential(request);
+        let fingerprint = parsed.as_ref().map(|(_, f)| f.clone()).unwrap_or_default();
         let claims = [
             (EntryKind::Serial, request.claims.serial.as_str()),
             (EntryKind::Mac, request.claims.mac.as_str()),
-            (EntryKind::DeviceId, id.as_str()),
+            (EntryKind::DeviceId, request.claims.device_id.as_str()),
             (EntryKind::KeyFingerprint, fingerprint.as_str()),
         ];
-        for (kind, value) in claims {
-            if let Some(e) = self
-                .entry(registry, PolicyList::Deny, kind, value)
-                .await
-                .map_err(internal)?
-            {
+        let snapshot = self
+            .snapshot(registry, bootstrap_id, &claims)
+            .await
+            .map_err(internal)?;
+
+        let b = snapshot.bootstrap.ok_or_else(|| {
+            (
+                Reason::BootstrapDisabled,
+                format!("bootstrap `{bootstrap_id}` no longer exists"),
+            )
+        })?;
+        if !b.enabled {
+            return Err((
+                Reason::BootstrapDisabled,
+                format!("bootstrap `{bootstrap_id}` is disabled"),
+            ));
+        }
+        if b.expire_time.is_some_and(|t| t <= now) {
+            return Err((
+                Reason::BootstrapExpired,
+                format!("bootstrap `{bootstrap_id}` expired"),
+            ));
+        }
+        let quota_exceeded = || {
+            (
+                Reason::QuotaExceeded,
+                format!(
+                    "bootstrap `{bootstrap_id}` has used its quota of {} devices",
+                    b.device_quota
+                ),
+            )
+        };
+        let id: DeviceId = request
+            .claims
+            .device_id
+            .parse()
+            .map_err(|e: perch_core::IdError| (Reason::InvalidRequest, e.to_string()))?;
+        let name = DeviceName {
+            registry: registry.clone(),
+            device: DeviceRef::Id(id.clone()),
+        };
+        let existing = match self.registry.get_device(&name).await {
+            Ok(d) => Some(d),
+            Err(e) if e.code() == ErrorCode::NotFound => None,
+            Err(e) => return Err(internal(e)),
+        };
+        // A repeat of an allowed request (its answer was lost on the way) is answered again, even
+        // over quota: retries are always safe.
+        let repeat = existing.as_ref().is_some_and(|d| {
+            d.metadata.get("provisionedBy") == Some(&b.id)
+                && !fingerprint.is_empty()
+                && d.metadata.get("keyFingerprint") == Some(&fingerprint)
+                && !d.blocked
+        });
+        if b.provisioned >= b.device_quota && !repeat {
+            return Err(quota_exceeded());
+        }
+        if !repeat && !self.take_token(&b) {
+            return Err((
+                Reason::RateLimited,
+                format!(
+                    "bootstrap `{bootstrap_id}` is provisioning faster than it may; retry shortly"
+                ),
+            ));
+        }
+        if !glob_matches(&b.device_id_pattern, id.as_str()) {
+            return Err((
+                Reason::InvalidRequest,
+                format!(
+                    "device id `{id}` does not match the bootstrap's pattern `{}`",
+                    b.device_id_pattern
+                ),
+            ));
+        }
+        if let Some(other) = request.generate_key.as_deref()
+            && (other != "ES256" || decision.private_key.is_none())
+        {
+            return Err((
+                Reason::InvalidRequest,
+                format!("generate_key takes \"ES256\" and no public_key or csr, got '{other}'"),
+            ));
+        }
+        let (mut credential, fingerprint) = parsed?;
+        decision.key_fingerprint = fingerprint.clone();
+        for ((kind, value), entry) in claims.iter().zip(&snapshot.denied) {
+            if let Some(e) = entry {
                 decision.rule = format!("denylist {}={}", kind.as_str(), value);
                 let why = if e.reason.is_empty() {
                     String::new()
@@ -872,97 +910,225 @@ impl ProvisioningService {
                 ));
             }
         }
-        let has_allowlist = !self
-            .store()
-            .list_records(RecordKind::PolicyEntry, &format!("{registry}/allow/"), 1)
-            .await
-            .map_err(|e| (Reason::Internal, e.to_string()))?
-            .is_empty();
-        if has_allowlist {
-            let mut allowed = false;
-            for (kind, value) in claims {
-                if self
-                    .entry(registry, PolicyList::Allow, kind, value)
-                    .await
-                    .map_err(internal)?
-                    .is_some()
-                {
-                    decision.rule = format!("allowlist {}={}", kind.as_str(), value);
-                    allowed = true;
-                    break;
-                }
-            }
-            if !allowed {
+        if snapshot.has_allowlist {
+            let Some((kind, value)) = claims
+                .iter()
+                .zip(&snapshot.allowed)
+                .find_map(|(claim, entry)| entry.as_ref().map(|_| claim))
+            else {
                 return Err((
                     Reason::NotAllowlisted,
                     "no allowlist entry matches the device's serial, MAC, id or key".into(),
                 ));
-            }
+            };
+            decision.rule = format!("allowlist {}={}", kind.as_str(), value);
         }
-        if let Some(existing) = self.repeat_of(registry, &b, request).await {
+        if let Some(existing) = existing.as_ref().filter(|_| repeat) {
             decision.rule = "repeat of an allowed request".into();
             decision.certificate = self.certificate_for(request, &existing.id)?;
-            return Ok(existing);
+            return Ok(Allowed::Unstored(existing.clone()));
         }
-        let webhook = self.get_webhook(registry).await.map_err(internal)?;
-        if !webhook.url.is_empty() {
-            self.ask_webhook(&webhook, &b, request, &fingerprint)
+        if !snapshot.webhook.url.is_empty() {
+            self.ask_webhook(&snapshot.webhook, &b, request, &fingerprint)
                 .await?;
-            decision.rule = format!("webhook {}", webhook.url);
+            decision.rule = format!("webhook {}", snapshot.webhook.url);
+        }
+        if existing.is_some() {
+            match b.reprovision_policy {
+                ReprovisionPolicy::Deny => {
+                    return Err((
+                        Reason::AlreadyRegistered,
+                        format!("device `{id}` is already registered"),
+                    ));
+                }
+                ReprovisionPolicy::RequireApproval => {
+                    return Err(self
+                        .hold_for_approval(registry, &b, request, &fingerprint, snapshot.approval)
+                        .await);
+                }
+                ReprovisionPolicy::Rotate => {}
+            }
         }
         // Only now, with every check passed, may Perch's CA sign the CSR; the certificate then
         // becomes the device's credential.
         if let Some(certificate) = self.certificate_for(request, &id)? {
-            credential = DeviceCredential {
-                format: if credential.format.is_rsa() {
-                    PublicKeyFormat::RsaX509Pem
-                } else {
-                    PublicKeyFormat::Es256X509Pem
-                },
-                key: certificate.clone(),
-                expiration_time: None,
-            };
+            credential = certificate_credential(&credential, certificate.clone());
             decision.certificate = Some(certificate);
         }
-        // Reserve a slot of the quota atomically (released if registration fails).
-        let quota_update = |delta: i64| {
-            Box::new(move |current: Option<Vec<u8>>| {
-                let bytes =
-                    current.ok_or_else(|| Rejection::not_found("the bootstrap was deleted"))?;
-                let mut b: Bootstrap = serde_json::from_slice(&bytes)
-                    .map_err(|e| Rejection::new(ErrorCode::Internal, e.to_string()))?;
-                if delta > 0 && b.provisioned >= b.device_quota {
-                    return Err(Rejection::new(ErrorCode::ResourceExhausted, "quota"));
-                }
-                b.provisioned = b.provisioned.saturating_add_signed(delta);
-                serde_json::to_vec(&b)
-                    .map(Some)
-                    .map_err(|e| Rejection::new(ErrorCode::Internal, e.to_string()))
-            }) as perch_store::RecordUpdate
-        };
-        let key = bootstrap_key(registry, bootstrap_id);
-        self.store()
-            .update_record(RecordKind::Bootstrap, &key, quota_update(1))
-            .await
-            .map_err(|_| {
-                (
-                    Reason::QuotaExceeded,
-                    format!(
-                        "bootstrap `{bootstrap_id}` has used its quota of {} devices",
-                        b.device_quota
-                    ),
-                )
-            })?;
-        let registered = self
-            .register(registry, &b, &id, request, credential, &fingerprint)
-            .await;
-        if registered.is_err() {
-            let _ = self
-                .store()
-                .update_record(RecordKind::Bootstrap, &key, quota_update(-1))
-                .await;
+        let provisioned = provisioned_metadata(
+            &b.id,
+            &b.lot,
+            &request.claims,
+            &fingerprint,
+            BTreeMap::new(),
+        );
+        if let Some(existing) = existing {
+            // Rotation: the device keeps its id and numeric id and gets the new key.
+            let device = self
+                .rotate(&name, credential, provisioned, existing.metadata)
+                .await?;
+            self.count_provisioned(registry, bootstrap_id)
+                .await
+                .map_err(internal)?;
+            return Ok(Allowed::Unstored(device));
         }
-        registered
+        let mut device = Device::new(id.clone(), 0);
+        device.credentials = vec![credential];
+        device.metadata = provisioned;
+        let reserve: perch_store::DeviceRecordUpdate = Box::new(|_, current| {
+            let bytes = current.ok_or_else(|| Rejection::not_found("the bootstrap was deleted"))?;
+            let mut b: Bootstrap = serde_json::from_slice(&bytes)
+                .map_err(|e| Rejection::new(ErrorCode::Internal, e.to_string()))?;
+            if b.provisioned >= b.device_quota {
+                return Err(Rejection::new(ErrorCode::ResourceExhausted, "quota"));
+            }
+            b.provisioned += 1;
+            serde_json::to_vec(&b)
+                .map(Some)
+                .map_err(|e| Rejection::new(ErrorCode::Internal, e.to_string()))
+        });
+        let mut stored = decision.clone();
+        let registry_name = registry.clone();
+        let write_decision: perch_store::DeviceRecordUpdate = Box::new(move |device, _| {
+            allow(&mut stored, &registry_name, device);
+            serde_json::to_vec(&stored)
+                .map(Some)
+                .map_err(|e| Rejection::new(ErrorCode::Internal, e.to_string()))
+        });
+        self.registry
+            .create_device_with_records(
+                registry,
+                device,
+                vec![
+                    (
+                        RecordKind::Bootstrap,
+                        bootstrap_key(registry, bootstrap_id),
+                        reserve,
+                    ),
+                    (
+                        RecordKind::Decision,
+                        Self::decision_key(registry, decision),
+                        write_decision,
+                    ),
+                ],
+            )
+            .await
+            .map(Allowed::Stored)
+            .map_err(|e| match e.code() {
+                ErrorCode::ResourceExhausted => quota_exceeded(),
+                ErrorCode::NotFound => (
+                    Reason::BootstrapDisabled,
+                    format!("bootstrap `{bootstrap_id}` no longer exists"),
+                ),
+                ErrorCode::AlreadyExists => (
+                    Reason::AlreadyRegistered,
+                    format!("device `{id}` is already registered"),
+                ),
+                ErrorCode::InvalidArgument => (Reason::InvalidPublicKey, e.to_string()),
+                _ => (Reason::Internal, e.to_string()),
+            })
+    }
+
+    /// Everything a request's checks read, from one snapshot of the records.
+    async fn snapshot(
+        &self,
+        registry: &RegistryName,
+        bootstrap_id: &str,
+        claims: &[(EntryKind, &str); 4],
+    ) -> Result<Snapshot> {
+        let mut keys = vec![
+            (RecordKind::Bootstrap, bootstrap_key(registry, bootstrap_id)),
+            (RecordKind::Settings, registry.to_string()),
+            (RecordKind::Approval, approval_key(registry, claims[2].1)),
+        ];
+        for list in [PolicyList::Deny, PolicyList::Allow] {
+            for (kind, value) in claims {
+                // An empty claim matches nothing: look up a key no entry can have.
+                let key = if value.is_empty() {
+                    format!("{registry}/-")
+                } else {
+                    entry_key(registry, list, *kind, value)
+                };
+                keys.push((RecordKind::PolicyEntry, key));
+            }
+        }
+        let allow_prefix = format!("{registry}/allow/");
+        let (values, has_allowlist) = tokio::try_join!(
+            self.store().get_records(keys),
+            self.store()
+                .list_records(RecordKind::PolicyEntry, &allow_prefix, 1),
+        )?;
+        let mut values = values.into_iter();
+        let mut next = || values.next().flatten();
+        let bootstrap = next().map(|b| decode(&b)).transpose()?;
+        let webhook = next().map(|b| decode(&b)).transpose()?.unwrap_or_default();
+        let approval = next().map(|b| decode(&b)).transpose()?;
+        let mut entries = || -> Result<[Option<PolicyEntry>; 4]> {
+            Ok([
+                next().map(|b| decode(&b)).transpose()?,
+                next().map(|b| decode(&b)).transpose()?,
+                next().map(|b| decode(&b)).transpose()?,
+                next().map(|b| decode(&b)).transpose()?,
+            ])
+        };
+        let denied = entries()?;
+        let allowed = entries()?;
+        Ok(Snapshot {
+            bootstrap,
+            webhook,
+            approval,
+            denied,
+            allowed,
+            has_allowlist: !has_allowlist.is_empty(),
+        })
+    }
+
+    /// Counts a rotation against the bootstrap's quota.
+    async fn count_provisioned(&self, registry: &RegistryName, bootstrap_id: &str) -> Result<()> {
+        let count: perch_store::RecordUpdate = Box::new(|current: Option<Vec<u8>>| {
+            let Some(bytes) = current else {
+                return Ok(None);
+            };
+            let mut b: Bootstrap = serde_json::from_slice(&bytes)
+                .map_err(|e| Rejection::new(ErrorCode::Internal, e.to_string()))?;
+            b.provisioned += 1;
+            serde_json::to_vec(&b)
+                .map(Some)
+                .map_err(|e| Rejection::new(ErrorCode::Internal, e.to_string()))
+        });
+        self.store()
+            .update_record(
+                RecordKind::Bootstrap,
+                &bootstrap_key(registry, bootstrap_id),
+                count,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Replaces an existing device's credentials with a newly provisioned one and records who
+    /// provisioned it with which key (so a retry of this request is recognised as a repeat).
+    async fn rotate(
+        &self,
+        name: &DeviceName,
+        credential: DeviceCredential,
+        provisioned: BTreeMap<String, String>,
+        mut metadata: BTreeMap<String, String>,
+    ) -> std::result::Result<Device, (Reason, String)> {
+        metadata.extend(provisioned);
+        let patch = DevicePatch {
+            credentials: vec![credential],
+            metadata,
+            ..Default::default()
+        };
+        self.registry
+            .update_device(
+                name,
+                patch,
+                &["credentials".to_owned(), "metadata".to_owned()],
+            )
+            .await
+            .map_err(|e| (Reason::Internal, e.to_string()))
     }
 
     /// A certificate from Perch's CA for the request's CSR, when there is a CSR and a CA.
@@ -980,95 +1146,276 @@ impl ProvisioningService {
         }
     }
 
-    /// The device an earlier, allowed request from this bootstrap with this same key created,
-    /// if this request repeats it (its answer was lost on the way): retries are always safe.
-    async fn repeat_of(
+    // ----- approvals -----
+
+    /// Holds a re-provisioning request for an operator and says why the device must wait.
+    async fn hold_for_approval(
         &self,
         registry: &RegistryName,
         b: &Bootstrap,
         request: &ProvisionRequest,
-    ) -> Option<Device> {
-        let id: DeviceId = request.claims.device_id.parse().ok()?;
-        let (_, fingerprint) = request_credential(request).ok()?;
-        let name = DeviceName {
-            registry: registry.clone(),
-            device: DeviceRef::Id(id),
+        fingerprint: &str,
+        current: Option<Approval>,
+    ) -> (Reason, String) {
+        let device = &request.claims.device_id;
+        if let Some(a) = current.filter(|a| a.key_fingerprint == fingerprint) {
+            match a.state {
+                ApprovalState::Denied => {
+                    return (
+                        Reason::ApprovalDenied,
+                        format!(
+                            "an operator refused to re-provision device `{device}` with this key"
+                        ),
+                    );
+                }
+                ApprovalState::Pending => {
+                    return (
+                        Reason::PendingApproval,
+                        format!(
+                            "re-provisioning device `{device}` waits for an operator's approval; retry later"
+                        ),
+                    );
+                }
+                // Approved, yet the device no longer matches (blocked, or changed since): ask again.
+                ApprovalState::Approved => {}
+            }
+        }
+        let approval = Approval {
+            registry: registry.to_string(),
+            device_id: device.clone(),
+            bootstrap: b.id.clone(),
+            claims: request.claims.clone(),
+            key_fingerprint: fingerprint.to_owned(),
+            state: ApprovalState::Pending,
+            request_time: self.registry.clock().now(),
+            decide_time: None,
+            public_key: request.public_key.clone(),
+            csr: request.csr.clone(),
         };
-        let existing = self.registry.get_device(&name).await.ok()?;
-        let same = existing.metadata.get("provisionedBy") == Some(&b.id)
-            && existing.metadata.get("keyFingerprint") == Some(&fingerprint)
-            && !existing.blocked;
-        same.then_some(existing)
+        let stored = match encode(&approval) {
+            Ok(bytes) => self
+                .store()
+                .put_record(
+                    RecordKind::Approval,
+                    &approval_key(registry, device),
+                    bytes,
+                    false,
+                )
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = stored {
+            return (Reason::Internal, e);
+        }
+        (
+            Reason::PendingApproval,
+            format!(
+                "re-provisioning device `{device}` waits for an operator's approval; retry later"
+            ),
+        )
     }
 
-    async fn register(
+    /// Approvals of a registry, optionally only those in one state.
+    pub async fn list_approvals(
         &self,
         registry: &RegistryName,
-        b: &Bootstrap,
-        id: &DeviceId,
-        request: &ProvisionRequest,
-        credential: DeviceCredential,
-        fingerprint: &str,
-    ) -> std::result::Result<Device, (Reason, String)> {
-        let name = DeviceName {
-            registry: registry.clone(),
-            device: DeviceRef::Id(id.clone()),
-        };
-        match self.registry.get_device(&name).await {
-            Ok(existing) => {
-                if b.reprovision_policy != ReprovisionPolicy::Rotate {
-                    return Err((
-                        Reason::AlreadyRegistered,
-                        format!("device `{id}` is already registered"),
-                    ));
-                }
-                let patch = DevicePatch {
-                    credentials: vec![credential],
-                    ..Default::default()
-                };
-                return self
-                    .registry
-                    .update_device(&name, patch, &["credentials".to_owned()])
-                    .await
-                    .map_err(|e| (Reason::Internal, e.to_string()))
-                    .map(|d| Device {
-                        num_id: existing.num_id,
-                        ..d
-                    });
+        state: Option<&str>,
+    ) -> Result<Vec<Approval>> {
+        let all = self
+            .store()
+            .list_records(RecordKind::Approval, &format!("{registry}/"), usize::MAX)
+            .await?;
+        let mut out = Vec::new();
+        for (_, v) in &all {
+            let a: Approval = decode(v)?;
+            if state.is_none_or(|s| a.state.as_str() == s) {
+                out.push(a);
             }
-            Err(e) if e.code() == ErrorCode::NotFound => {}
-            Err(e) => return Err((Reason::Internal, e.to_string())),
         }
-        let mut device = Device::new(id.clone(), 0);
-        device.credentials = vec![credential];
-        device.metadata.insert("provisionedBy".into(), b.id.clone());
-        device
-            .metadata
-            .insert("keyFingerprint".into(), fingerprint.to_owned());
-        if !b.lot.is_empty() {
-            device.metadata.insert("lot".into(), b.lot.clone());
+        Ok(out)
+    }
+
+    /// Decides a pending approval. Approving replaces the device's credential with the held
+    /// key at once (a CSR is signed now) and stores an ALLOWED decision; the device's next
+    /// retry is answered as a repeat. Denying makes retries with that key APPROVAL_DENIED.
+    pub async fn decide_approval(
+        &self,
+        registry: &RegistryName,
+        device_id: &str,
+        approve: bool,
+    ) -> Result<Approval> {
+        let key = approval_key(registry, device_id);
+        let mut approval: Approval =
+            match self.store().get_record(RecordKind::Approval, &key).await? {
+                Some(bytes) => decode(&bytes)?,
+                None => {
+                    return Err(Rejection::not_found(format!(
+                        "no approval is pending for device `{device_id}` in `{registry}`"
+                    ))
+                    .into());
+                }
+            };
+        if approval.state != ApprovalState::Pending {
+            return Err(Rejection::failed_precondition(format!(
+                "the approval for device `{device_id}` is already {}",
+                approval.state.as_str()
+            ))
+            .into());
         }
-        if !request.claims.serial.is_empty() {
-            device
-                .metadata
-                .insert("serial".into(), request.claims.serial.clone());
+        let now = self.registry.clock().now();
+        let mut decision = Decision {
+            time: now,
+            registry: registry.to_string(),
+            bootstrap: approval.bootstrap.clone(),
+            request_id: String::new(),
+            claims: approval.claims.clone(),
+            decision: "DENIED".into(),
+            reason: None,
+            message: String::new(),
+            rule: format!("operator {}", if approve { "approval" } else { "denial" }),
+            key_fingerprint: approval.key_fingerprint.clone(),
+            num_id: None,
+            name: None,
+            certificate: None,
+            private_key: None,
+        };
+        if approve {
+            let request = ProvisionRequest {
+                claims: approval.claims.clone(),
+                public_key: approval.public_key.clone(),
+                csr: approval.csr.clone(),
+                ..Default::default()
+            };
+            let id: DeviceId = device_id
+                .parse()
+                .map_err(|e: perch_core::IdError| Rejection::invalid_argument(e.to_string()))?;
+            let (mut credential, fingerprint) =
+                request_credential(&request).map_err(|(_, m)| Rejection::invalid_argument(m))?;
+            if let Some(certificate) = self
+                .certificate_for(&request, &id)
+                .map_err(|(_, m)| Rejection::invalid_argument(m))?
+            {
+                credential = certificate_credential(&credential, certificate);
+            }
+            let name = DeviceName {
+                registry: registry.clone(),
+                device: DeviceRef::Id(id),
+            };
+            let existing = self.registry.get_device(&name).await?;
+            let lot = existing.metadata.get("lot").cloned().unwrap_or_default();
+            let provisioned = provisioned_metadata(
+                &approval.bootstrap,
+                &lot,
+                &approval.claims,
+                &fingerprint,
+                BTreeMap::new(),
+            );
+            let device = self
+                .rotate(&name, credential, provisioned, existing.metadata)
+                .await
+                .map_err(|(_, m)| Rejection::new(ErrorCode::Internal, m))?;
+            allow(&mut decision, registry, &device);
+            decision.message = format!("device `{device_id}` re-provisioned by an operator");
+        } else {
+            decision.reason = Some(Reason::ApprovalDenied);
+            decision.message = format!("an operator refused to re-provision device `{device_id}`");
         }
-        if !request.claims.mac.is_empty() {
-            device
-                .metadata
-                .insert("mac".into(), request.claims.mac.clone());
-        }
-        self.registry
-            .create_device(registry, device)
-            .await
-            .map_err(|e| match e.code() {
-                ErrorCode::AlreadyExists => (
-                    Reason::AlreadyRegistered,
-                    format!("device `{id}` is already registered"),
+        approval.state = if approve {
+            ApprovalState::Approved
+        } else {
+            ApprovalState::Denied
+        };
+        approval.decide_time = Some(now);
+        let approval_bytes = encode(&approval)?;
+        let decision_bytes = encode(&decision)?;
+        self.store()
+            .update_records(vec![
+                (
+                    RecordKind::Approval,
+                    key,
+                    Box::new(move |_| Ok(Some(approval_bytes))),
                 ),
-                ErrorCode::InvalidArgument => (Reason::InvalidPublicKey, e.to_string()),
-                _ => (Reason::Internal, e.to_string()),
-            })
+                (
+                    RecordKind::Decision,
+                    Self::decision_key(registry, &decision),
+                    Box::new(move |_| Ok(Some(decision_bytes))),
+                ),
+            ])
+            .await?;
+        tracing::info!(
+            registry = %registry, device = device_id, approved = approve,
+            "re-provisioning approval decided"
+        );
+        Ok(approval)
+    }
+}
+
+/// What validation allowed: a new device whose decision was stored with it, or an existing one
+/// (a repeat or a rotation) whose decision is still to be stored.
+enum Allowed {
+    Stored(Device),
+    Unstored(Device),
+}
+
+/// The records a request's checks read, from one snapshot: bootstrap, webhook, approval, then
+/// the deny and allow entries of the claims (serial, MAC, device id, key fingerprint).
+struct Snapshot {
+    bootstrap: Option<Bootstrap>,
+    webhook: Webhook,
+    approval: Option<Approval>,
+    denied: [Option<PolicyEntry>; 4],
+    allowed: [Option<PolicyEntry>; 4],
+    has_allowlist: bool,
+}
+
+/// Marks a decision allowed for `device`.
+fn allow(decision: &mut Decision, registry: &RegistryName, device: &Device) {
+    decision.decision = "ALLOWED".into();
+    decision.reason = None;
+    decision.message = format!("device `{}` registered", device.id);
+    decision.num_id = Some(device.num_id.to_string());
+    decision.name = Some(registry.device_name(device.num_id));
+    decision.claims.device_id = device.id.to_string();
+}
+
+fn approval_key(registry: &RegistryName, device_id: &str) -> String {
+    format!("{registry}/{device_id}")
+}
+
+/// The metadata a provisioned device carries: who provisioned it, with which key, and what it
+/// claimed (the denylist matches on these later).
+fn provisioned_metadata(
+    bootstrap: &str,
+    lot: &str,
+    claims: &model::Claims,
+    fingerprint: &str,
+    mut metadata: BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    metadata.insert("provisionedBy".into(), bootstrap.to_owned());
+    metadata.insert("keyFingerprint".into(), fingerprint.to_owned());
+    for (k, v) in [
+        ("lot", lot),
+        ("serial", &claims.serial),
+        ("mac", &claims.mac),
+    ] {
+        if !v.is_empty() {
+            metadata.insert(k.into(), v.to_owned());
+        }
+    }
+    metadata
+}
+
+/// The credential a CA-issued certificate makes, for the key type of `requested`.
+fn certificate_credential(requested: &DeviceCredential, certificate: String) -> DeviceCredential {
+    DeviceCredential {
+        format: if requested.format.is_rsa() {
+            PublicKeyFormat::RsaX509Pem
+        } else {
+            PublicKeyFormat::Es256X509Pem
+        },
+        key: certificate,
+        expiration_time: None,
     }
 }
 

@@ -14,6 +14,9 @@ pub enum ReprovisionPolicy {
     Deny,
     /// Replace the device's credentials with the new key.
     Rotate,
+    /// Hold the request as a pending approval (PENDING_APPROVAL) until an operator approves it
+    /// (the device's key is then replaced and its next retry is answered) or denies it.
+    RequireApproval,
 }
 
 /// A bootstrap credential: one key pair flashed onto a batch of devices, allowed only to ask
@@ -160,6 +163,8 @@ pub enum Reason {
     WebhookDenied,
     WebhookTimeout,
     WebhookError,
+    PendingApproval,
+    ApprovalDenied,
     Internal,
 }
 
@@ -179,6 +184,8 @@ impl Reason {
             Reason::WebhookDenied => "WEBHOOK_DENIED",
             Reason::WebhookTimeout => "WEBHOOK_TIMEOUT",
             Reason::WebhookError => "WEBHOOK_ERROR",
+            Reason::PendingApproval => "PENDING_APPROVAL",
+            Reason::ApprovalDenied => "APPROVAL_DENIED",
             Reason::Internal => "INTERNAL",
         }
     }
@@ -234,4 +241,44 @@ pub struct Webhook {
     /// Milliseconds to wait for the answer (default 2,000; at most 30,000).
     pub timeout_ms: u64,
     pub on_error: WebhookOnError,
+}
+
+/// Where a re-provisioning request held for an operator stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ApprovalState {
+    Pending,
+    Approved,
+    Denied,
+}
+
+impl ApprovalState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalState::Pending => "PENDING",
+            ApprovalState::Approved => "APPROVED",
+            ApprovalState::Denied => "DENIED",
+        }
+    }
+}
+
+/// A request to re-provision an existing device under a `REQUIRE_APPROVAL` bootstrap: one per
+/// device, the newest request's key replacing an older pending one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Approval {
+    pub registry: String,
+    pub device_id: String,
+    pub bootstrap: String,
+    pub claims: Claims,
+    pub key_fingerprint: String,
+    pub state: ApprovalState,
+    pub request_time: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decide_time: Option<DateTime<Utc>>,
+    /// The request's key, registered when an operator approves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<RequestKey>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csr: Option<String>,
 }

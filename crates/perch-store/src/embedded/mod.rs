@@ -1,11 +1,13 @@
 //! Embedded storage in the data dir: redb for the registry and Pub/Sub resources, a segmented
 //! log for messages.
 
+mod commit;
 mod log;
 mod pubsub;
 mod records;
 mod registry;
 
+pub use commit::GROUP_COMMIT_MAX;
 pub use log::{SEGMENT_MAX_BYTES, SegmentLog};
 pub use pubsub::EmbeddedPubsubStore;
 pub use registry::EmbeddedRegistryStore;

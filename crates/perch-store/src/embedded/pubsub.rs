@@ -6,8 +6,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, TableDefinition, WriteTransaction};
 
+use super::commit::Committer;
 use super::records;
 use crate::pubsub::{AckProgress, PubsubStore, ResourceKind};
 use crate::{Error, Result};
@@ -28,6 +29,7 @@ fn key(kind: ResourceKind, name: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct EmbeddedPubsubStore {
     db: Arc<Database>,
+    committer: Committer,
 }
 
 impl EmbeddedPubsubStore {
@@ -40,7 +42,9 @@ impl EmbeddedPubsubStore {
             txn.open_table(ACKED).map_err(backend)?;
         }
         txn.commit().map_err(backend)?;
-        Ok(EmbeddedPubsubStore { db: Arc::new(db) })
+        let db = Arc::new(db);
+        let committer = Committer::start(db.clone(), "perch-pubsub-commit").map_err(backend)?;
+        Ok(EmbeddedPubsubStore { db, committer })
     }
 
     async fn blocking<T: Send + 'static>(
@@ -51,6 +55,14 @@ impl EmbeddedPubsubStore {
         tokio::task::spawn_blocking(move || f(&db))
             .await
             .map_err(backend)?
+    }
+
+    /// Runs a write transaction on the writer thread; resolves once it is durable.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&WriteTransaction) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.committer.write(f).await
     }
 }
 
@@ -67,7 +79,7 @@ impl PubsubStore for EmbeddedPubsubStore {
             key(kind, name),
             name.rsplit('/').next().unwrap_or(name).to_owned(),
         );
-        self.blocking(move |db| records::put(db, RESOURCES, &k, &value, create_only, &id))
+        self.write(move |txn| records::put(txn, RESOURCES, &k, &value, create_only, &id))
             .await
     }
 
@@ -95,7 +107,7 @@ impl PubsubStore for EmbeddedPubsubStore {
 
     async fn delete_resource(&self, kind: ResourceKind, name: &str) -> Result<bool> {
         let k = key(kind, name);
-        self.blocking(move |db| records::delete(db, RESOURCES, &k))
+        self.write(move |txn| records::delete(txn, RESOURCES, &k))
             .await
     }
 
@@ -126,8 +138,7 @@ impl PubsubStore for EmbeddedPubsubStore {
         if updates.is_empty() {
             return Ok(());
         }
-        self.blocking(move |db| {
-            let txn = db.begin_write().map_err(backend)?;
+        self.write(move |txn| {
             {
                 let mut floors = txn.open_table(ACK_FLOOR).map_err(backend)?;
                 let mut acked = txn.open_table(ACKED).map_err(backend)?;
@@ -141,15 +152,13 @@ impl PubsubStore for EmbeddedPubsubStore {
                     }
                 }
             }
-            txn.commit().map_err(backend)?;
             Ok(())
         })
         .await
     }
 
     async fn delete_progress(&self, subscription: u64) -> Result<()> {
-        self.blocking(move |db| {
-            let txn = db.begin_write().map_err(backend)?;
+        self.write(move |txn| {
             txn.open_table(ACK_FLOOR)
                 .map_err(backend)?
                 .remove(subscription)
@@ -158,7 +167,6 @@ impl PubsubStore for EmbeddedPubsubStore {
                 .map_err(backend)?
                 .retain_in((subscription, 0)..=(subscription, u64::MAX), |_, _| false)
                 .map_err(backend)?;
-            txn.commit().map_err(backend)?;
             Ok(())
         })
         .await

@@ -1,9 +1,9 @@
 //! Opaque byte records keyed by strings in one redb table: the shape both the Pub/Sub resource
-//! records and the registry's provisioning records share. Synchronous: callers run these on
-//! the blocking pool.
+//! records and the registry's provisioning records share. Synchronous: writes run inside the
+//! store's group-committed transactions, reads on the blocking pool.
 
 use perch_core::{ErrorCode, Rejection};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
 use crate::{Error, Result};
 
@@ -15,26 +15,22 @@ fn backend(e: impl std::fmt::Display) -> Error {
 
 /// Stores `value` under `key`; with `create_only`, an existing key is `ALREADY_EXISTS` naming `id`.
 pub(crate) fn put(
-    db: &Database,
+    txn: &WriteTransaction,
     table: Table,
     key: &str,
     value: &[u8],
     create_only: bool,
     id: &str,
 ) -> Result<()> {
-    let txn = db.begin_write().map_err(backend)?;
-    {
-        let mut t = txn.open_table(table).map_err(backend)?;
-        if create_only && t.get(key).map_err(backend)?.is_some() {
-            return Err(Rejection::new(
-                ErrorCode::AlreadyExists,
-                format!("Resource already exists in the project (resource={id})."),
-            )
-            .into());
-        }
-        t.insert(key, value).map_err(backend)?;
+    let mut t = txn.open_table(table).map_err(backend)?;
+    if create_only && t.get(key).map_err(backend)?.is_some() {
+        return Err(Rejection::new(
+            ErrorCode::AlreadyExists,
+            format!("Resource already exists in the project (resource={id})."),
+        )
+        .into());
     }
-    txn.commit().map_err(backend)?;
+    t.insert(key, value).map_err(backend)?;
     Ok(())
 }
 
@@ -45,14 +41,11 @@ pub(crate) fn get(db: &Database, table: Table, key: &str) -> Result<Option<Vec<u
 }
 
 /// Deletes `key`; false if it did not exist.
-pub(crate) fn delete(db: &Database, table: Table, key: &str) -> Result<bool> {
-    let txn = db.begin_write().map_err(backend)?;
-    let existed = txn
+pub(crate) fn delete(txn: &WriteTransaction, table: Table, key: &str) -> Result<bool> {
+    Ok(txn
         .open_table(table)
         .map_err(backend)?
         .remove(key)
         .map_err(backend)?
-        .is_some();
-    txn.commit().map_err(backend)?;
-    Ok(existed)
+        .is_some())
 }

@@ -17,13 +17,15 @@ use perch_core::limits::{CONFIG_VERSIONS_KEPT, NUM_ID_MAX, NUM_ID_MIN, STATES_KE
 use perch_core::model::{Device, DeviceConfig, DeviceState, Registry};
 use perch_core::{DeviceId, DeviceRef, ErrorCode, LocationName, RegistryName, Rejection};
 use rand::Rng;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::commit::Committer;
 use super::records;
 use crate::registry::{
-    DeviceFilter, DeviceUpdate, RecordKind, RecordUpdate, RegistryStore, RegistryUpdate,
+    DeviceFilter, DeviceRecordUpdate, DeviceUpdate, RecordKind, RecordUpdate, RegistryStore,
+    RegistryUpdate,
 };
 use crate::{Error, Result};
 
@@ -40,6 +42,7 @@ const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
 #[derive(Debug, Clone)]
 pub struct EmbeddedRegistryStore {
     db: Arc<Database>,
+    committer: Committer,
 }
 
 fn backend(e: impl std::fmt::Display) -> Error {
@@ -107,7 +110,9 @@ impl EmbeddedRegistryStore {
             txn.open_table(RECORDS).map_err(backend)?;
         }
         txn.commit().map_err(backend)?;
-        Ok(EmbeddedRegistryStore { db: Arc::new(db) })
+        let db = Arc::new(db);
+        let committer = Committer::start(db.clone(), "perch-registry-commit").map_err(backend)?;
+        Ok(EmbeddedRegistryStore { db, committer })
     }
 
     async fn blocking<T: Send + 'static>(
@@ -118,6 +123,14 @@ impl EmbeddedRegistryStore {
         tokio::task::spawn_blocking(move || f(&db))
             .await
             .map_err(backend)?
+    }
+
+    /// Runs a write transaction on the writer thread; resolves once it is durable.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&WriteTransaction) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.committer.write(f).await
     }
 }
 
@@ -233,12 +246,85 @@ fn read_pairs(table: &impl ReadableTable<(u64, u64), ()>, first: u64) -> Result<
         .map_err(backend)
 }
 
+/// Inserts new devices, assigning numeric ids; `ALREADY_EXISTS` if any id is taken.
+fn insert_devices(
+    txn: &WriteTransaction,
+    registry: &RegistryName,
+    devices: Vec<Device>,
+) -> Result<Vec<Device>> {
+    let registries = txn.open_table(REGISTRIES).map_err(backend)?;
+    if registries
+        .get(registry_key(registry).as_str())
+        .map_err(backend)?
+        .is_none()
+    {
+        return Err(registry_not_found(registry));
+    }
+    let mut table = txn.open_table(DEVICES).map_err(backend)?;
+    let mut num_ids = txn.open_table(DEVICE_NUM_IDS).map_err(backend)?;
+    let mut configs = txn.open_table(CONFIG_VERSIONS).map_err(backend)?;
+    let mut rng = rand::rng();
+    let mut created = Vec::with_capacity(devices.len());
+    for mut device in devices {
+        let key = device_key(registry, &device.id);
+        if table.get(key.as_str()).map_err(backend)?.is_some() {
+            return Err(Rejection::new(
+                ErrorCode::AlreadyExists,
+                format!(
+                    "Resource already exists in the project (resource={}).",
+                    device.id
+                ),
+            )
+            .into());
+        }
+        device.num_id = loop {
+            let candidate = rng.random_range(NUM_ID_MIN..=NUM_ID_MAX);
+            if num_ids.get(candidate).map_err(backend)?.is_none() {
+                break candidate;
+            }
+        };
+        table
+            .insert(key.as_str(), encode(&device)?.as_slice())
+            .map_err(backend)?;
+        num_ids
+            .insert(device.num_id, key.as_str())
+            .map_err(backend)?;
+        configs
+            .insert(
+                (device.num_id, device.config.version),
+                encode(&device.config)?.as_slice(),
+            )
+            .map_err(backend)?;
+        created.push(device);
+    }
+    Ok(created)
+}
+
+/// Reads one record, lets `update` decide its new bytes, and writes them (None deletes).
+fn update_record_in(
+    txn: &WriteTransaction,
+    key: &str,
+    update: impl FnOnce(Option<Vec<u8>>) -> Result<Option<Vec<u8>>, Rejection>,
+) -> Result<Option<Vec<u8>>> {
+    let mut t = txn.open_table(RECORDS).map_err(backend)?;
+    let current = t.get(key).map_err(backend)?.map(|v| v.value().to_vec());
+    let next = update(current)?;
+    match &next {
+        Some(bytes) => {
+            t.insert(key, bytes.as_slice()).map_err(backend)?;
+        }
+        None => {
+            t.remove(key).map_err(backend)?;
+        }
+    }
+    Ok(next)
+}
+
 #[async_trait::async_trait]
 impl RegistryStore for EmbeddedRegistryStore {
     async fn create_registry(&self, registry: Registry) -> Result<Registry> {
-        self.blocking(move |db| {
+        self.write(move |txn| {
             let key = registry_key(&registry.name());
-            let txn = db.begin_write().map_err(backend)?;
             {
                 let mut table = txn.open_table(REGISTRIES).map_err(backend)?;
                 if table.get(key.as_str()).map_err(backend)?.is_some() {
@@ -255,7 +341,6 @@ impl RegistryStore for EmbeddedRegistryStore {
                     .insert(key.as_str(), encode(&registry)?.as_slice())
                     .map_err(backend)?;
             }
-            txn.commit().map_err(backend)?;
             Ok(registry)
         })
         .await
@@ -309,9 +394,8 @@ impl RegistryStore for EmbeddedRegistryStore {
         update: RegistryUpdate,
     ) -> Result<Registry> {
         let name = name.clone();
-        self.blocking(move |db| {
+        self.write(move |txn| {
             let key = registry_key(&name);
-            let txn = db.begin_write().map_err(backend)?;
             let registry = {
                 let mut table = txn.open_table(REGISTRIES).map_err(backend)?;
                 let mut registry: Registry = match table.get(key.as_str()).map_err(backend)? {
@@ -324,7 +408,6 @@ impl RegistryStore for EmbeddedRegistryStore {
                     .map_err(backend)?;
                 registry
             };
-            txn.commit().map_err(backend)?;
             Ok(registry)
         })
         .await
@@ -332,8 +415,7 @@ impl RegistryStore for EmbeddedRegistryStore {
 
     async fn delete_registry(&self, name: &RegistryName) -> Result<()> {
         let name = name.clone();
-        self.blocking(move |db| {
-            let txn = db.begin_write().map_err(backend)?;
+        self.write(move |txn| {
             {
                 let mut table = txn.open_table(REGISTRIES).map_err(backend)?;
                 if table
@@ -361,7 +443,6 @@ impl RegistryStore for EmbeddedRegistryStore {
                     .remove(registry_key(&name).as_str())
                     .map_err(backend)?;
             }
-            txn.commit().map_err(backend)?;
             Ok(())
         })
         .await
@@ -373,57 +454,27 @@ impl RegistryStore for EmbeddedRegistryStore {
         devices: Vec<Device>,
     ) -> Result<Vec<Device>> {
         let registry = registry.clone();
-        self.blocking(move |db| {
-            let txn = db.begin_write().map_err(backend)?;
-            let mut created = Vec::with_capacity(devices.len());
-            {
-                let registries = txn.open_table(REGISTRIES).map_err(backend)?;
-                if registries
-                    .get(registry_key(&registry).as_str())
-                    .map_err(backend)?
-                    .is_none()
-                {
-                    return Err(registry_not_found(&registry));
-                }
-                let mut table = txn.open_table(DEVICES).map_err(backend)?;
-                let mut num_ids = txn.open_table(DEVICE_NUM_IDS).map_err(backend)?;
-                let mut configs = txn.open_table(CONFIG_VERSIONS).map_err(backend)?;
-                let mut rng = rand::rng();
-                for mut device in devices {
-                    let key = device_key(&registry, &device.id);
-                    if table.get(key.as_str()).map_err(backend)?.is_some() {
-                        return Err(Rejection::new(
-                            ErrorCode::AlreadyExists,
-                            format!(
-                                "Resource already exists in the project (resource={}).",
-                                device.id
-                            ),
-                        )
-                        .into());
-                    }
-                    device.num_id = loop {
-                        let candidate = rng.random_range(NUM_ID_MIN..=NUM_ID_MAX);
-                        if num_ids.get(candidate).map_err(backend)?.is_none() {
-                            break candidate;
-                        }
-                    };
-                    table
-                        .insert(key.as_str(), encode(&device)?.as_slice())
-                        .map_err(backend)?;
-                    num_ids
-                        .insert(device.num_id, key.as_str())
-                        .map_err(backend)?;
-                    configs
-                        .insert(
-                            (device.num_id, device.config.version),
-                            encode(&device.config)?.as_slice(),
-                        )
-                        .map_err(backend)?;
-                    created.push(device);
-                }
+        self.write(move |txn| insert_devices(txn, &registry, devices))
+            .await
+    }
+
+    async fn create_device_with_records(
+        &self,
+        registry: &RegistryName,
+        device: Device,
+        updates: Vec<(RecordKind, String, DeviceRecordUpdate)>,
+    ) -> Result<Device> {
+        let registry = registry.clone();
+        self.write(move |txn| {
+            let device = insert_devices(txn, &registry, vec![device])?
+                .pop()
+                .ok_or_else(|| backend("no device was inserted"))?;
+            for (kind, key, update) in updates {
+                update_record_in(txn, &record_key(kind, &key), |current| {
+                    update(&device, current)
+                })?;
             }
-            txn.commit().map_err(backend)?;
-            Ok(created)
+            Ok(device)
         })
         .await
     }
@@ -485,8 +536,7 @@ impl RegistryStore for EmbeddedRegistryStore {
         update: DeviceUpdate,
     ) -> Result<Device> {
         let (registry, device) = (registry.clone(), device.clone());
-        self.blocking(move |db| {
-            let txn = db.begin_write().map_err(backend)?;
+        self.write(move |txn| {
             let updated = {
                 let mut devices = txn.open_table(DEVICES).map_err(backend)?;
                 let num_ids = txn.open_table(DEVICE_NUM_IDS).map_err(backend)?;
@@ -533,7 +583,6 @@ impl RegistryStore for EmbeddedRegistryStore {
                     .map_err(backend)?;
                 current
             };
-            txn.commit().map_err(backend)?;
             Ok(updated)
         })
         .await
@@ -541,8 +590,7 @@ impl RegistryStore for EmbeddedRegistryStore {
 
     async fn delete_device(&self, registry: &RegistryName, device: &DeviceRef) -> Result<Device> {
         let (registry, device) = (registry.clone(), device.clone());
-        self.blocking(move |db| {
-            let txn = db.begin_write().map_err(backend)?;
+        self.write(move |txn| {
             let deleted = {
                 let mut devices = txn.open_table(DEVICES).map_err(backend)?;
                 let mut num_ids = txn.open_table(DEVICE_NUM_IDS).map_err(backend)?;
@@ -582,7 +630,6 @@ impl RegistryStore for EmbeddedRegistryStore {
                     .map_err(backend)?;
                 current
             };
-            txn.commit().map_err(backend)?;
             Ok(deleted)
         })
         .await
@@ -635,8 +682,7 @@ impl RegistryStore for EmbeddedRegistryStore {
         device_num_id: u64,
     ) -> Result<()> {
         let registry = registry.clone();
-        self.blocking(move |db| {
-            let txn = db.begin_write().map_err(backend)?;
+        self.write(move |txn| {
             {
                 let devices = txn.open_table(DEVICES).map_err(backend)?;
                 let num_ids = txn.open_table(DEVICE_NUM_IDS).map_err(backend)?;
@@ -655,7 +701,6 @@ impl RegistryStore for EmbeddedRegistryStore {
                     .insert((device_num_id, gateway_num_id), ())
                     .map_err(backend)?;
             }
-            txn.commit().map_err(backend)?;
             Ok(())
         })
         .await
@@ -668,8 +713,7 @@ impl RegistryStore for EmbeddedRegistryStore {
         device_num_id: u64,
     ) -> Result<()> {
         let registry = registry.clone();
-        self.blocking(move |db| {
-            let txn = db.begin_write().map_err(backend)?;
+        self.write(move |txn| {
             {
                 let mut forward = txn.open_table(GATEWAY_DEVICES).map_err(backend)?;
                 if forward.remove((gateway_num_id, device_num_id)).map_err(backend)?.is_none() {
@@ -683,7 +727,6 @@ impl RegistryStore for EmbeddedRegistryStore {
                     .remove((device_num_id, gateway_num_id))
                     .map_err(backend)?;
             }
-            txn.commit().map_err(backend)?;
             Ok(())
         })
         .await
@@ -722,13 +765,28 @@ impl RegistryStore for EmbeddedRegistryStore {
             record_key(kind, key),
             key.rsplit('/').next().unwrap_or(key).to_owned(),
         );
-        self.blocking(move |db| records::put(db, RECORDS, &k, &value, create_only, &id))
+        self.write(move |txn| records::put(txn, RECORDS, &k, &value, create_only, &id))
             .await
     }
 
     async fn get_record(&self, kind: RecordKind, key: &str) -> Result<Option<Vec<u8>>> {
         let k = record_key(kind, key);
         self.blocking(move |db| records::get(db, RECORDS, &k)).await
+    }
+
+    async fn get_records(&self, keys: Vec<(RecordKind, String)>) -> Result<Vec<Option<Vec<u8>>>> {
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let t = txn.open_table(RECORDS).map_err(backend)?;
+            keys.iter()
+                .map(|(kind, key)| {
+                    Ok(t.get(record_key(*kind, key).as_str())
+                        .map_err(backend)?
+                        .map(|v| v.value().to_vec()))
+                })
+                .collect()
+        })
+        .await
     }
 
     async fn list_records(
@@ -755,40 +813,57 @@ impl RegistryStore for EmbeddedRegistryStore {
         .await
     }
 
+    async fn list_records_rev(
+        &self,
+        kind: RecordKind,
+        prefix: &str,
+        before: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        let head = record_key(kind, "");
+        let start = record_key(kind, prefix);
+        let end = match before {
+            Some(b) => record_key(kind, &b),
+            None => format!("{start}{}", char::MAX),
+        };
+        if end <= start {
+            return Ok(Vec::new());
+        }
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let t = txn.open_table(RECORDS).map_err(backend)?;
+            let mut out = Vec::new();
+            for entry in t
+                .range(start.as_str()..end.as_str())
+                .map_err(backend)?
+                .rev()
+            {
+                if out.len() >= limit {
+                    break;
+                }
+                let (k, v) = entry.map_err(backend)?;
+                out.push((k.value()[head.len()..].to_owned(), v.value().to_vec()));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn delete_record(&self, kind: RecordKind, key: &str) -> Result<bool> {
         let k = record_key(kind, key);
-        self.blocking(move |db| records::delete(db, RECORDS, &k))
+        self.write(move |txn| records::delete(txn, RECORDS, &k))
             .await
     }
 
-    async fn update_record(
+    async fn update_records(
         &self,
-        kind: RecordKind,
-        key: &str,
-        update: RecordUpdate,
-    ) -> Result<Option<Vec<u8>>> {
-        let k = record_key(kind, key);
-        self.blocking(move |db| {
-            let txn = db.begin_write().map_err(backend)?;
-            let written = {
-                let mut t = txn.open_table(RECORDS).map_err(backend)?;
-                let current = t
-                    .get(k.as_str())
-                    .map_err(backend)?
-                    .map(|v| v.value().to_vec());
-                let next = update(current)?;
-                match &next {
-                    Some(bytes) => {
-                        t.insert(k.as_str(), bytes.as_slice()).map_err(backend)?;
-                    }
-                    None => {
-                        t.remove(k.as_str()).map_err(backend)?;
-                    }
-                }
-                next
-            };
-            txn.commit().map_err(backend)?;
-            Ok(written)
+        updates: Vec<(RecordKind, String, RecordUpdate)>,
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        self.write(move |txn| {
+            updates
+                .into_iter()
+                .map(|(kind, key, update)| update_record_in(txn, &record_key(kind, &key), update))
+                .collect()
         })
         .await
     }

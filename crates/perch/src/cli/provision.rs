@@ -47,6 +47,44 @@ pub enum ProvisionCommand {
     /// The operator webhook asked last before a device is registered
     #[command(subcommand)]
     Webhook(WebhookCommand),
+    /// Re-provisioning requests held by a REQUIRE_APPROVAL bootstrap
+    #[command(subcommand)]
+    Approvals(ApprovalsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApprovalsCommand {
+    /// List approvals (default: the pending ones)
+    List {
+        #[command(flatten)]
+        registry: RegistryRef,
+        /// PENDING, APPROVED, DENIED or ALL
+        #[arg(long, default_value = "PENDING")]
+        state: String,
+    },
+    /// Approve: the device's credential is replaced by the key it sent, and its next retry succeeds
+    Approve {
+        device: String,
+        #[command(flatten)]
+        registry: RegistryRef,
+    },
+    /// Deny: retries with that key are refused with APPROVAL_DENIED
+    Deny {
+        device: String,
+        #[command(flatten)]
+        registry: RegistryRef,
+    },
+}
+
+/// What a bootstrap does when a device that already exists asks again.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Reprovision {
+    /// Refuse with ALREADY_REGISTERED
+    Deny,
+    /// Replace the device's credential with the new key
+    Rotate,
+    /// Hold the request until an operator approves or denies it (PENDING_APPROVAL)
+    RequireApproval,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -107,8 +145,11 @@ pub enum BootstrapsCommand {
         id_pattern: Option<String>,
         #[arg(long)]
         lot: Option<String>,
-        /// Replace the credentials of a device that asks again instead of refusing it
-        #[arg(long)]
+        /// What happens when a device that already exists asks again
+        #[arg(long, value_enum, default_value_t = Reprovision::Deny)]
+        reprovision: Reprovision,
+        /// Same as --reprovision rotate
+        #[arg(long, conflicts_with = "reprovision")]
         allow_reprovision: bool,
     },
     /// List bootstrap credentials
@@ -279,6 +320,7 @@ pub async fn run(args: ProvisionArgs) -> Result<()> {
                 &client.call(method, &path, &[], body.as_ref()).await?,
             );
         }
+        ProvisionCommand::Approvals(cmd) => approvals(c, &client, cmd).await?,
         ProvisionCommand::Decisions(DecisionsCommand::List {
             registry,
             bootstrap,
@@ -333,6 +375,71 @@ pub async fn run(args: ProvisionArgs) -> Result<()> {
     Ok(())
 }
 
+async fn approvals(c: &ClientArgs, client: &AdminClient, cmd: ApprovalsCommand) -> Result<()> {
+    let p = &c.project;
+    let (registry, device, verb) = match cmd {
+        ApprovalsCommand::List { registry, state } => {
+            let state = state.to_ascii_uppercase();
+            let query: Vec<(&str, String)> = if state == "ALL" {
+                vec![]
+            } else {
+                vec![("state", state)]
+            };
+            let r = client
+                .call(
+                    Method::GET,
+                    &format!("{}/provisioningApprovals", registry_path(p, &registry)),
+                    &query,
+                    None,
+                )
+                .await?;
+            let items = r["approvals"].as_array().cloned().unwrap_or_default();
+            match c.format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&items)?),
+                Format::Table => table(
+                    &[
+                        "DEVICE_ID",
+                        "STATE",
+                        "BOOTSTRAP",
+                        "SERIAL",
+                        "KEY_FINGERPRINT",
+                        "REQUEST_TIME",
+                    ],
+                    &items
+                        .iter()
+                        .map(|a| {
+                            vec![
+                                cell(&a["deviceId"]),
+                                cell(&a["state"]),
+                                cell(&a["bootstrap"]),
+                                cell(&a["claims"]["serial"]),
+                                cell(&a["keyFingerprint"]),
+                                cell(&a["requestTime"]),
+                            ]
+                        })
+                        .collect::<Vec<_>>(),
+                ),
+            }
+            return Ok(());
+        }
+        ApprovalsCommand::Approve { device, registry } => (registry, device, "approve"),
+        ApprovalsCommand::Deny { device, registry } => (registry, device, "deny"),
+    };
+    let decided = client
+        .call(
+            Method::POST,
+            &format!(
+                "{}/provisioningApprovals/{device}:{verb}",
+                registry_path(p, &registry)
+            ),
+            &[],
+            Some(&json!({})),
+        )
+        .await?;
+    print(c.format, &decided);
+    Ok(())
+}
+
 async fn bootstraps(c: &ClientArgs, client: &AdminClient, cmd: BootstrapsCommand) -> Result<()> {
     let p = &c.project;
     match cmd {
@@ -345,6 +452,7 @@ async fn bootstraps(c: &ClientArgs, client: &AdminClient, cmd: BootstrapsCommand
             expire_time,
             id_pattern,
             lot,
+            reprovision,
             allow_reprovision,
         } => {
             let mut body = json!({ "id": bootstrap });
@@ -366,9 +474,12 @@ async fn bootstraps(c: &ClientArgs, client: &AdminClient, cmd: BootstrapsCommand
             if let Some(l) = lot {
                 body["lot"] = l.into();
             }
-            if allow_reprovision {
-                body["reprovisionPolicy"] = "ROTATE".into();
+            body["reprovisionPolicy"] = match (reprovision, allow_reprovision) {
+                (_, true) | (Reprovision::Rotate, _) => "ROTATE",
+                (Reprovision::Deny, _) => "DENY",
+                (Reprovision::RequireApproval, _) => "REQUIRE_APPROVAL",
             }
+            .into();
             let mut created = client
                 .call(
                     Method::POST,
