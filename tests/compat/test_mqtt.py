@@ -18,6 +18,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -734,3 +736,33 @@ def test_pingreq_gets_pingresp_and_updates_last_heartbeat_time(seed):
                          "lastHeartbeatTime from a PINGREQ")
     assert parse_time(got["lastHeartbeatTime"]) <= now_utc() + dt.timedelta(seconds=1)
     assert not client.closed, f"connection closed during keep-alive pings: {client.close_reason}"
+
+
+def test_a_reconnecting_device_resumes_its_tls_session_and_still_authenticates(seed):
+    """TLS 1.3 session tickets: the second connection skips the certificate exchange, not the JWT check."""
+    host, port = mqtt_address(seed.world.endpoints)
+    context = ssl.create_default_context(cafile=seed.world.ca)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.check_hostname = False
+    device = seed.device(unique("resume-pi"))
+
+    def connect(password: str, session=None) -> tuple[ssl.SSLSocket, bytes]:
+        sock = context.wrap_socket(socket.create_connection((host, port), timeout=10), session=session)
+        sock.sendall(connect_packet(device.client_id, password))
+        return sock, sock.recv(4)  # CONNACK; the session ticket arrives before it
+
+    first, connack = connect(device.token())
+    assert connack == b"\x20\x02\x00\x00", connack
+    assert not first.session_reused
+    session = first.session
+    first.close()
+    assert session is not None and session.has_ticket, "the server sent no TLS 1.3 session ticket"
+
+    resumed, connack = connect(device.token(), session)
+    assert resumed.session_reused, "the second connection did not resume the TLS session"
+    assert connack == b"\x20\x02\x00\x00", connack
+    resumed.close()
+    # Resumption is no credential: a JWT signed by another key on a resumed session is still CONNACK 5.
+    refused, connack = connect(device.token(DeviceKey.es256()), session)
+    assert refused.session_reused and connack == b"\x20\x02\x00\x05", connack
+    refused.close()

@@ -275,8 +275,11 @@ def test_a_csr_earns_a_certificate_from_perchs_ca_that_the_device_connects_with(
     assert claimant.client.connect() == 0
     device_key = DeviceKey.es256()
     device_id = unique("csr-pi")
+    # The device asks for more than a device certificate: a host name and CA powers. It gets neither.
     csr = (x509.CertificateSigningRequestBuilder()
-           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "perch.example.com")]))
+           .add_extension(x509.SubjectAlternativeName([x509.DNSName("perch.example.com")]), critical=False)
+           .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
            .sign(device_key.private_key, hashes.SHA256())
            .public_bytes(serialization.Encoding.PEM).decode())
     rid = uuid.uuid4().hex
@@ -293,6 +296,12 @@ def test_a_csr_earns_a_certificate_from_perchs_ca_that_the_device_connects_with(
     assert cert.issuer == ca.subject
     cert.verify_directly_issued_by(ca)
     assert cert.public_key().public_numbers() == device_key.private_key.public_key().public_numbers()
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == device_id
+    assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
+    assert list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == \
+        [x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]
+    with pytest.raises(x509.ExtensionNotFound):
+        cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     described = seed.admin.get_device(f"{seed.registry.name}/devices/{device_id}")
     assert described["credentials"][0]["publicKey"]["format"] == "ES256_X509_PEM", described
     device = Device(seed.registry, device_id, answer["num_id"], device_key, {})

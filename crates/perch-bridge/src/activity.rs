@@ -1,6 +1,6 @@
 //! Device activity times (`lastHeartbeatTime`, `lastEventTime`), batched: IoT Core let these
 //! lag by minutes, and one registry write per PINGREQ or telemetry message would cost an fsync
-//! each. They are flushed every `FLUSH_INTERVAL`.
+//! each. They are flushed every `FLUSH_INTERVAL`, `FLUSH_BATCH` devices per store transaction.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,6 +13,8 @@ use tokio::sync::watch;
 
 /// How often activity times reach the registry.
 pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_secs(2);
+/// Devices whose activity one store transaction writes.
+const FLUSH_BATCH: usize = 1000;
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Times {
@@ -43,19 +45,27 @@ impl Activity {
             Ok(mut p) => p.drain().collect(),
             Err(_) => return,
         };
-        for ((reg, num_id), times) in batch {
-            let update = Box::new(move |d: &mut perch_core::model::Device| {
-                if times.heartbeat.is_some() {
-                    d.last_heartbeat_time = times.heartbeat;
-                }
-                if times.event.is_some() {
-                    d.last_event_time = times.event;
-                }
-            });
-            // A device deleted meanwhile simply has nothing to update.
-            let _ = registry
-                .record_device_activity(&reg, &DeviceRef::NumId(num_id), update)
-                .await;
+        let mut batch = batch.into_iter().peekable();
+        while batch.peek().is_some() {
+            let updates = batch
+                .by_ref()
+                .take(FLUSH_BATCH)
+                .map(|((reg, num_id), times)| {
+                    let update: Box<dyn FnOnce(&mut perch_core::model::Device) + Send> =
+                        Box::new(move |d| {
+                            if times.heartbeat.is_some() {
+                                d.last_heartbeat_time = times.heartbeat;
+                            }
+                            if times.event.is_some() {
+                                d.last_event_time = times.event;
+                            }
+                        });
+                    (reg, DeviceRef::NumId(num_id), update)
+                })
+                .collect();
+            if let Err(e) = registry.record_devices_activity(updates).await {
+                tracing::warn!(error = %e, "device activity times were not stored");
+            }
         }
     }
 

@@ -55,6 +55,7 @@ pub trait CommandSink: Send + Sync + std::fmt::Debug {
 /// Signs device certificates for CSRs sent during provisioning; implemented by the
 /// composition root with the data dir's CA (the registry never holds a CA key).
 pub trait CertificateIssuer: Send + Sync + std::fmt::Debug {
-    /// A PEM certificate for the CSR's key, for device `device_id`; `Err` says why not.
-    fn issue(&self, csr_pem: &str, device_id: &str) -> Result<String, String>;
+    /// A PEM certificate for `public_key_pem` (the SubjectPublicKeyInfo of a CSR whose
+    /// signature the caller has verified), for device `device_id`; `Err` says why not.
+    fn issue(&self, public_key_pem: &str, device_id: &str) -> Result<String, String>;
 }

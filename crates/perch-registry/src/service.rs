@@ -367,6 +367,26 @@ impl RegistryService {
         Ok(self.store.update_device(registry, device, update).await?)
     }
 
+    /// Activity times of many devices in one store transaction (the bridge's periodic flush).
+    /// Devices deleted meanwhile are skipped; only a storage failure is an error.
+    pub async fn record_devices_activity(
+        &self,
+        updates: Vec<(RegistryName, DeviceRef, Box<dyn FnOnce(&mut Device) + Send>)>,
+    ) -> Result<()> {
+        let updates = updates
+            .into_iter()
+            .map(|(registry, device, update)| {
+                let update: perch_store::DeviceUpdate = Box::new(move |d: &mut Device| {
+                    update(d);
+                    Ok(())
+                });
+                (registry, device, update)
+            })
+            .collect();
+        self.store.update_devices(updates).await?;
+        Ok(())
+    }
+
     pub fn store(&self) -> &Arc<dyn RegistryStore> {
         &self.store
     }

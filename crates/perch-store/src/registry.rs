@@ -109,6 +109,13 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug + 'static {
         device: &DeviceRef,
         update: DeviceUpdate,
     ) -> Result<Device>;
+    /// Applies many device updates in one transaction (one fsync): each succeeds or fails
+    /// alone — a missing device or a refused update is that entry's `Err` — and only a storage
+    /// failure fails the call.
+    async fn update_devices(
+        &self,
+        updates: Vec<(RegistryName, DeviceRef, DeviceUpdate)>,
+    ) -> Result<Vec<Result<Device>>>;
     /// Deletes a device with its history and bindings; `FAILED_PRECONDITION` for a gateway that
     /// still has bound devices.
     async fn delete_device(&self, registry: &RegistryName, device: &DeviceRef) -> Result<Device>;

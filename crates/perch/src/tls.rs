@@ -93,6 +93,9 @@ pub fn ensure(dir: &Path, extra_sans: &[String]) -> Result<TlsMaterial> {
     })
 }
 
+/// TLS 1.3 session tickets sent after each full handshake (a device resumes with one).
+const TLS13_TICKETS_PER_HANDSHAKE: usize = 1;
+
 /// A rustls server config (ring provider, TLS 1.2 and 1.3) for a certificate chain and key.
 pub fn server_config(
     cert_pem: &Path,
@@ -112,14 +115,21 @@ pub fn server_config(
         .with_single_cert(certs, key)
         .context("the TLS certificate and key do not match")?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    // Stateless TLS 1.3 session tickets (keys in memory, rotated by rustls every 6 hours), one per
+    // handshake: a device that reconnects — after provisioning, after a network blip — resumes
+    // without the certificate signature on our side or the chain check on its own. The device
+    // still authenticates in CONNECT with its JWT, so resumption grants nothing by itself.
+    config.ticketer =
+        rustls::crypto::ring::Ticketer::new().context("cannot make the TLS session ticket key")?;
+    config.send_tls13_tickets = TLS13_TICKETS_PER_HANDSHAKE;
     Ok(Arc::new(config))
 }
 
 /// Signs provisioning CSRs with the data dir's CA (the same CA devices trust for TLS), so a
 /// device that sent a CSR connects with a certificate chaining to `ca.pem`.
 pub struct DeviceCertificateIssuer {
-    ca_cert_pem: String,
-    ca_key_pem: String,
+    /// The CA's certificate and key, parsed once: issuing runs on every provisioning request.
+    issuer: Issuer<'static, KeyPair>,
 }
 
 impl std::fmt::Debug for DeviceCertificateIssuer {
@@ -135,38 +145,51 @@ impl DeviceCertificateIssuer {
     /// Reads the CA made by `ensure`.
     pub fn load(material: &TlsMaterial) -> Result<DeviceCertificateIssuer> {
         let key_path = material.ca_pem.with_file_name("ca.key");
-        Ok(DeviceCertificateIssuer {
-            ca_cert_pem: fs::read_to_string(&material.ca_pem)
-                .with_context(|| format!("cannot read {}", material.ca_pem.display()))?,
-            ca_key_pem: fs::read_to_string(&key_path)
-                .with_context(|| format!("cannot read {}", key_path.display()))?,
-        })
+        let ca_cert_pem = fs::read_to_string(&material.ca_pem)
+            .with_context(|| format!("cannot read {}", material.ca_pem.display()))?;
+        let ca_key_pem = fs::read_to_string(&key_path)
+            .with_context(|| format!("cannot read {}", key_path.display()))?;
+        let key = KeyPair::from_pem(&ca_key_pem)
+            .with_context(|| format!("{} holds no usable CA key", key_path.display()))?;
+        let issuer = Issuer::from_ca_cert_pem(&ca_cert_pem, key).with_context(|| {
+            format!(
+                "{} is not a usable CA certificate",
+                material.ca_pem.display()
+            )
+        })?;
+        Ok(DeviceCertificateIssuer { issuer })
     }
 }
 
 impl perch_registry::events::CertificateIssuer for DeviceCertificateIssuer {
-    fn issue(&self, csr_pem: &str, device_id: &str) -> std::result::Result<String, String> {
-        let key = KeyPair::from_pem(&self.ca_key_pem)
-            .map_err(|e| format!("the CA key is unusable: {e}"))?;
-        let issuer = Issuer::from_ca_cert_pem(&self.ca_cert_pem, key)
-            .map_err(|e| format!("the CA certificate is unusable: {e}"))?;
-        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
-            .map_err(|e| format!("the CSR cannot be read: {e}"))?;
+    /// A client certificate for a key whose CSR provisioning already verified. Only the key is
+    /// taken from the device: subject (CN = device id), validity, and usage (digital signature,
+    /// client authentication, not a CA) are Perch's, so no device can obtain a certificate
+    /// naming a host or able to sign others.
+    fn issue(&self, public_key_pem: &str, device_id: &str) -> std::result::Result<String, String> {
+        let key = rcgen::SubjectPublicKeyInfo::from_pem(public_key_pem)
+            .map_err(|e| format!("the CSR's public key cannot be read: {e}"))?;
+        let mut params = CertificateParams::default();
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(
+            &rand::random::<[u8; 16]>()[..],
+        ));
         use chrono::Datelike;
         let today = chrono::Utc::now().date_naive();
         let until = today + chrono::Duration::days(DEVICE_CERTIFICATE_VALIDITY_DAYS);
         let ymd =
             |d: chrono::NaiveDate| rcgen::date_time_ymd(d.year(), d.month() as u8, d.day() as u8);
-        csr.params.not_before = ymd(today);
-        csr.params.not_after = ymd(until);
-        csr.params.distinguished_name = rcgen::DistinguishedName::new();
-        csr.params
+        params.not_before = ymd(today);
+        params.not_after = ymd(until);
+        params
             .distinguished_name
             .push(DnType::CommonName, device_id);
-        csr.params.is_ca = IsCa::NoCa;
-        let cert = csr
-            .signed_by(&issuer)
-            .map_err(|e| format!("the CSR could not be signed: {e}"))?;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|e| format!("the certificate could not be signed: {e}"))?;
         Ok(cert.pem())
     }
 }

@@ -925,7 +925,7 @@ impl ProvisioningService {
         }
         if let Some(existing) = existing.as_ref().filter(|_| repeat) {
             decision.rule = "repeat of an allowed request".into();
-            decision.certificate = self.certificate_for(request, &existing.id)?;
+            decision.certificate = self.certificate_for(request, &credential.key, &existing.id)?;
             return Ok(Allowed::Unstored(existing.clone()));
         }
         if !snapshot.webhook.url.is_empty() {
@@ -951,7 +951,7 @@ impl ProvisioningService {
         }
         // Only now, with every check passed, may Perch's CA sign the CSR; the certificate then
         // becomes the device's credential.
-        if let Some(certificate) = self.certificate_for(request, &id)? {
+        if let Some(certificate) = self.certificate_for(request, &credential.key, &id)? {
             credential = certificate_credential(&credential, certificate.clone());
             decision.certificate = Some(certificate);
         }
@@ -1132,14 +1132,17 @@ impl ProvisioningService {
     }
 
     /// A certificate from Perch's CA for the request's CSR, when there is a CSR and a CA.
+    /// A certificate from Perch's CA for a CSR request's key (`key_pem`, taken from the CSR whose
+    /// signature `request_credential` verified); None for a request that sent a bare public key.
     fn certificate_for(
         &self,
         request: &ProvisionRequest,
+        key_pem: &str,
         id: &DeviceId,
     ) -> std::result::Result<Option<String>, (Reason, String)> {
         match (&request.csr, self.registry.certificate_issuer()) {
-            (Some(csr), Some(issuer)) => issuer
-                .issue(csr, id.as_str())
+            (Some(_), Some(issuer)) => issuer
+                .issue(key_pem, id.as_str())
                 .map(Some)
                 .map_err(|e| (Reason::InvalidCsr, e)),
             _ => Ok(None),
@@ -1293,7 +1296,7 @@ impl ProvisioningService {
             let (mut credential, fingerprint) =
                 request_credential(&request).map_err(|(_, m)| Rejection::invalid_argument(m))?;
             if let Some(certificate) = self
-                .certificate_for(&request, &id)
+                .certificate_for(&request, &credential.key, &id)
                 .map_err(|(_, m)| Rejection::invalid_argument(m))?
             {
                 credential = certificate_credential(&credential, certificate);

@@ -125,6 +125,13 @@ impl EmbeddedRegistryStore {
             .map_err(backend)?
     }
 
+    /// Runs a point read on the calling task. It touches a handful of B-tree pages, nearly always
+    /// in redb's page cache, so it takes microseconds: less than the two thread hand-offs of
+    /// `spawn_blocking` would cost. Scans (lists) still go to the blocking pool.
+    async fn lookup<T>(&self, f: impl FnOnce(&Database) -> Result<T>) -> Result<T> {
+        f(&self.db)
+    }
+
     /// Runs a write transaction on the writer thread; resolves once it is durable.
     async fn write<T: Send + 'static>(
         &self,
@@ -320,6 +327,63 @@ fn update_record_in(
     Ok(next)
 }
 
+/// Reads a device, applies `update` and writes it back with any new config or state history
+/// entry, inside `txn`. Fails before writing anything when the device is missing or `update`
+/// refuses.
+fn update_device_in(
+    txn: &WriteTransaction,
+    registry: &RegistryName,
+    device: &DeviceRef,
+    update: DeviceUpdate,
+) -> Result<Device> {
+    let updated = {
+        let mut devices = txn.open_table(DEVICES).map_err(backend)?;
+        let num_ids = txn.open_table(DEVICE_NUM_IDS).map_err(backend)?;
+        let Some((key, mut current)) = read_device(&devices, &num_ids, registry, device)? else {
+            return Err(device_not_found(registry, device));
+        };
+        let before_version = current.config.version;
+        let before_state = current.state.as_ref().map(|s| s.update_time);
+        update(&mut current)?;
+        if current.config.version != before_version {
+            let mut configs = txn.open_table(CONFIG_VERSIONS).map_err(backend)?;
+            append_history(
+                &mut configs,
+                current.num_id,
+                current.config.version,
+                &encode(&current.config)?,
+                CONFIG_VERSIONS_KEPT,
+            )?;
+        } else if current.config.device_ack_time.is_some() {
+            // An ack changes the newest version in place: keep its history entry in step.
+            let mut configs = txn.open_table(CONFIG_VERSIONS).map_err(backend)?;
+            configs
+                .insert(
+                    (current.num_id, current.config.version),
+                    encode(&current.config)?.as_slice(),
+                )
+                .map_err(backend)?;
+        }
+        if let Some(state) = &current.state
+            && Some(state.update_time) != before_state
+        {
+            let mut states = txn.open_table(STATES).map_err(backend)?;
+            append_history(
+                &mut states,
+                current.num_id,
+                timestamp_key(state.update_time),
+                &encode(state)?,
+                STATES_KEPT,
+            )?;
+        }
+        devices
+            .insert(key.as_str(), encode(&current)?.as_slice())
+            .map_err(backend)?;
+        current
+    };
+    Ok(updated)
+}
+
 #[async_trait::async_trait]
 impl RegistryStore for EmbeddedRegistryStore {
     async fn create_registry(&self, registry: Registry) -> Result<Registry> {
@@ -348,7 +412,7 @@ impl RegistryStore for EmbeddedRegistryStore {
 
     async fn get_registry(&self, name: &RegistryName) -> Result<Registry> {
         let name = name.clone();
-        self.blocking(move |db| {
+        self.lookup(move |db| {
             let txn = db.begin_read().map_err(backend)?;
             let table = txn.open_table(REGISTRIES).map_err(backend)?;
             match table.get(registry_key(&name).as_str()).map_err(backend)? {
@@ -481,7 +545,7 @@ impl RegistryStore for EmbeddedRegistryStore {
 
     async fn get_device(&self, registry: &RegistryName, device: &DeviceRef) -> Result<Device> {
         let (registry, device) = (registry.clone(), device.clone());
-        self.blocking(move |db| {
+        self.lookup(move |db| {
             let txn = db.begin_read().map_err(backend)?;
             let devices = txn.open_table(DEVICES).map_err(backend)?;
             let num_ids = txn.open_table(DEVICE_NUM_IDS).map_err(backend)?;
@@ -536,54 +600,25 @@ impl RegistryStore for EmbeddedRegistryStore {
         update: DeviceUpdate,
     ) -> Result<Device> {
         let (registry, device) = (registry.clone(), device.clone());
+        self.write(move |txn| update_device_in(txn, &registry, &device, update))
+            .await
+    }
+
+    async fn update_devices(
+        &self,
+        updates: Vec<(RegistryName, DeviceRef, DeviceUpdate)>,
+    ) -> Result<Vec<Result<Device>>> {
         self.write(move |txn| {
-            let updated = {
-                let mut devices = txn.open_table(DEVICES).map_err(backend)?;
-                let num_ids = txn.open_table(DEVICE_NUM_IDS).map_err(backend)?;
-                let Some((key, mut current)) = read_device(&devices, &num_ids, &registry, &device)?
-                else {
-                    return Err(device_not_found(&registry, &device));
-                };
-                let before_version = current.config.version;
-                let before_state = current.state.as_ref().map(|s| s.update_time);
-                update(&mut current)?;
-                if current.config.version != before_version {
-                    let mut configs = txn.open_table(CONFIG_VERSIONS).map_err(backend)?;
-                    append_history(
-                        &mut configs,
-                        current.num_id,
-                        current.config.version,
-                        &encode(&current.config)?,
-                        CONFIG_VERSIONS_KEPT,
-                    )?;
-                } else if current.config.device_ack_time.is_some() {
-                    // An ack changes the newest version in place: keep its history entry in step.
-                    let mut configs = txn.open_table(CONFIG_VERSIONS).map_err(backend)?;
-                    configs
-                        .insert(
-                            (current.num_id, current.config.version),
-                            encode(&current.config)?.as_slice(),
-                        )
-                        .map_err(backend)?;
-                }
-                if let Some(state) = &current.state
-                    && Some(state.update_time) != before_state
-                {
-                    let mut states = txn.open_table(STATES).map_err(backend)?;
-                    append_history(
-                        &mut states,
-                        current.num_id,
-                        timestamp_key(state.update_time),
-                        &encode(state)?,
-                        STATES_KEPT,
-                    )?;
-                }
-                devices
-                    .insert(key.as_str(), encode(&current)?.as_slice())
-                    .map_err(backend)?;
-                current
-            };
-            Ok(updated)
+            updates
+                .into_iter()
+                .map(|(registry, device, update)| {
+                    match update_device_in(txn, &registry, &device, update) {
+                        // A backend failure leaves the transaction unusable: abort all of it.
+                        Err(Error::Backend(e)) => Err(Error::Backend(e)),
+                        other => Ok(other),
+                    }
+                })
+                .collect()
         })
         .await
     }
@@ -771,11 +806,11 @@ impl RegistryStore for EmbeddedRegistryStore {
 
     async fn get_record(&self, kind: RecordKind, key: &str) -> Result<Option<Vec<u8>>> {
         let k = record_key(kind, key);
-        self.blocking(move |db| records::get(db, RECORDS, &k)).await
+        self.lookup(move |db| records::get(db, RECORDS, &k)).await
     }
 
     async fn get_records(&self, keys: Vec<(RecordKind, String)>) -> Result<Vec<Option<Vec<u8>>>> {
-        self.blocking(move |db| {
+        self.lookup(move |db| {
             let txn = db.begin_read().map_err(backend)?;
             let t = txn.open_table(RECORDS).map_err(backend)?;
             keys.iter()
@@ -871,4 +906,144 @@ impl RegistryStore for EmbeddedRegistryStore {
 
 fn record_key(kind: RecordKind, key: &str) -> String {
     format!("{}\0{key}", kind.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use perch_core::model::Registry;
+
+    fn registry() -> Registry {
+        Registry {
+            project: "p".into(),
+            location: "us-central1".into(),
+            id: "reg".parse().unwrap(),
+            event_notification_configs: Vec::new(),
+            state_notification_topic: String::new(),
+            mqtt_state: Default::default(),
+            http_state: Default::default(),
+            log_level: Default::default(),
+            credentials: Vec::new(),
+        }
+    }
+
+    fn id(s: &str) -> DeviceRef {
+        DeviceRef::Id(s.parse().unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_device_and_its_records_commit_together_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedRegistryStore::open(&dir.path().join("r.redb")).unwrap();
+        let reg = store.create_registry(registry()).await.unwrap().name();
+
+        let refused: DeviceRecordUpdate =
+            Box::new(|_, _| Err(Rejection::failed_precondition("quota spent")));
+        let err = store
+            .create_device_with_records(
+                &reg,
+                Device::new("dev-a".parse().unwrap(), 0),
+                vec![(RecordKind::Bootstrap, "quota".into(), refused)],
+            )
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("quota spent"), "{err}");
+        assert!(
+            store.get_device(&reg, &id("dev-a")).await.is_err(),
+            "no device without its record"
+        );
+
+        let note: DeviceRecordUpdate =
+            Box::new(|d, _| Ok(Some(format!("num {}", d.num_id).into_bytes())));
+        let made = store
+            .create_device_with_records(
+                &reg,
+                Device::new("dev-a".parse().unwrap(), 0),
+                vec![(RecordKind::Decision, "d1".into(), note)],
+            )
+            .await
+            .unwrap();
+        let got = store
+            .get_records(vec![
+                (RecordKind::Decision, "d1".into()),
+                (RecordKind::Decision, "missing".into()),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            got[0].as_deref(),
+            Some(format!("num {}", made.num_id).as_bytes())
+        );
+        assert_eq!(got[1], None);
+    }
+
+    #[tokio::test]
+    async fn update_devices_applies_each_update_alone_in_one_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedRegistryStore::open(&dir.path().join("r.redb")).unwrap();
+        let reg = store.create_registry(registry()).await.unwrap().name();
+        store
+            .create_devices(
+                &reg,
+                vec![
+                    Device::new("dev-a".parse().unwrap(), 0),
+                    Device::new("dev-b".parse().unwrap(), 0),
+                ],
+            )
+            .await
+            .unwrap();
+        let block: fn() -> DeviceUpdate = || {
+            Box::new(|d: &mut Device| {
+                d.blocked = true;
+                Ok(())
+            })
+        };
+        let results = store
+            .update_devices(vec![
+                (reg.clone(), id("dev-a"), block()),
+                (reg.clone(), id("dev-gone"), block()),
+                (
+                    reg.clone(),
+                    id("dev-b"),
+                    Box::new(|_: &mut Device| Err(Rejection::invalid_argument("no"))),
+                ),
+            ])
+            .await
+            .unwrap();
+        assert!(results[0].as_ref().unwrap().blocked);
+        assert_eq!(results[1].as_ref().unwrap_err().code(), ErrorCode::NotFound);
+        assert!(results[2].is_err());
+        assert!(store.get_device(&reg, &id("dev-a")).await.unwrap().blocked);
+        assert!(!store.get_device(&reg, &id("dev-b")).await.unwrap().blocked);
+    }
+
+    #[tokio::test]
+    async fn list_records_rev_pages_newest_first_within_the_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedRegistryStore::open(&dir.path().join("r.redb")).unwrap();
+        for key in ["a/1", "a/2", "a/3", "b/1"] {
+            store
+                .put_record(RecordKind::Decision, key, key.as_bytes().to_vec(), false)
+                .await
+                .unwrap();
+        }
+        let keys = |page: Vec<(String, Vec<u8>)>| -> Vec<String> {
+            page.into_iter().map(|(k, _)| k).collect()
+        };
+        let first = store
+            .list_records_rev(RecordKind::Decision, "a/", None, 2)
+            .await
+            .unwrap();
+        assert_eq!(keys(first), ["a/3", "a/2"]);
+        let next = store
+            .list_records_rev(RecordKind::Decision, "a/", Some("a/2".into()), 2)
+            .await
+            .unwrap();
+        assert_eq!(keys(next), ["a/1"]);
+        let none = store
+            .list_records_rev(RecordKind::Decision, "a/", Some("a/1".into()), 2)
+            .await
+            .unwrap();
+        assert!(none.is_empty());
+    }
 }
