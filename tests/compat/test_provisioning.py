@@ -354,7 +354,9 @@ def test_require_approval_holds_reprovisioning_until_an_operator_decides(seed):
     assert again.status_code == 400 and "already DENIED" in again.text, again.text
 
 
-def test_revoking_one_of_100_connected_devices_cuts_it_off_within_2s_while_the_others_keep_publishing(seed):
+@pytest.mark.parametrize("revocation", ["block", "delete", "denylist_device_id"])
+def test_revoking_one_of_100_connected_devices_cuts_it_off_within_2s_while_the_others_keep_publishing(
+        seed, revocation):
     bootstrap, key = create_bootstrap(seed, deviceQuota=100)
     devices = []
     for n in range(100):
@@ -369,11 +371,16 @@ def test_revoking_one_of_100_connected_devices_cuts_it_off_within_2s_while_the_o
 
     victim, victim_client = devices[37], clients[37]
     revoked_at = time.monotonic()
-    seed.admin.patch_device(victim.name, {"blocked": True}, "blocked")
-    victim_client.wait_closed(5.0, what="the blocked device's connection to close")
+    if revocation == "block":
+        seed.admin.patch_device(victim.name, {"blocked": True}, "blocked")
+    elif revocation == "delete":
+        seed.admin.delete_device(victim.name)
+    else:
+        policy(seed, "DENY", "DEVICE_ID", victim.id, "compromised")
+    victim_client.wait_closed(5.0, what=f"the revoked ({revocation}) device's connection to close")
     cut_off = victim_client.closed_at - revoked_at
     assert cut_off <= 2.0, cut_off
-    print(f"blocked device cut off {cut_off * 1000:.0f} ms after the PATCH was sent")
+    print(f"{revocation}: device cut off {cut_off * 1000:.0f} ms after the admin call was sent")
 
     others = [(d, c) for d, c in zip(devices, clients) if c is not victim_client]
     assert len(others) == 99
@@ -383,3 +390,22 @@ def test_revoking_one_of_100_connected_devices_cuts_it_off_within_2s_while_the_o
     assert not any(c.closed for _, c in others)
     # The revoked device cannot come back.
     seed.world.mqtt(victim).expect_refused(5)
+
+
+def test_disabling_a_bootstrap_stops_new_claims_but_leaves_its_devices_connected(seed):
+    bootstrap, key = create_bootstrap(seed)
+    claimant = Claimant(seed, bootstrap, key)
+    answer = claimant.ask(unique("pi"), serial=unique("s"))
+    assert answer["decision"] == "ALLOWED", answer
+    device = Device(seed.registry, answer["device_id"], answer["num_id"], answer["_key"], {})
+    client = seed.world.connected(device)
+
+    seed.admin.ok("POST", f"{seed.registry.name}/bootstraps/{bootstrap}:disable", body={})
+    # Every request is checked against the bootstrap as it is now: on the connection that was
+    # already open, and on a new one.
+    for asker in (claimant, Claimant(seed, bootstrap, key)):
+        refused = asker.ask(unique("pi"), serial=unique("s"))
+        assert refused["decision"] == "DENIED" and refused["reason"] == "BOOTSTRAP_DISABLED", refused
+    client.publish_acked(device.events(), b"still here")
+    assert not client.closed
+    assert seed.admin.get_device(device.name).get("blocked") is not True
