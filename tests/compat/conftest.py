@@ -173,7 +173,9 @@ def admin_factory():
 # the hostile-input tests), so kicked / revoked / misbehaving device connections never share a server with the
 # admin and Pub/Sub suites.
 
-BRIDGE_ARGS = ("--mqtt-plain", "127.0.0.1:0")
+# A short command PUBACK deadline so the DEADLINE_EXCEEDED test waits 2 s, not the default 10 s.
+COMMAND_ACK_TIMEOUT = 2.0
+BRIDGE_ARGS = ("--mqtt-plain", "127.0.0.1:0", "--command-ack-timeout", str(COMMAND_ACK_TIMEOUT))
 
 
 def _new_bridge_server(base: Path) -> PerchServer:

@@ -369,6 +369,7 @@ class Received:
     dup: bool
     retain: bool
     at: float
+    mid: int = -1  # paho's message id: what `client.ack(mid, qos)` takes under manual acks
 
 
 class MqttDevice:
@@ -438,7 +439,7 @@ class MqttDevice:
     def _on_message(self, client, userdata, message) -> None:
         with self._cond:
             self.messages.append(Received(message.topic, bytes(message.payload), message.qos, bool(message.dup),
-                                          bool(message.retain), time.monotonic()))
+                                          bool(message.retain), time.monotonic(), message.mid))
             self._cond.notify_all()
 
     # --- waiting --------------------------------------------------------------------------------------------

@@ -436,6 +436,48 @@ def test_commands_reach_a_commands_subscriber_and_fail_for_others(seed):
     assert not client.closed
 
 
+def test_a_qos1_command_is_answered_once_pubacked_and_deadline_exceeded_without_a_puback(seed):
+    """SPEC §4.8 (Perch choice): QoS 1 commands answer OK on PUBACK, DEADLINE_EXCEEDED without one, UNAVAILABLE when the
+    device goes away first; the connection itself is not punished."""
+    from conftest import COMMAND_ACK_TIMEOUT
+
+    device = seed.device(unique("cmd-pi"))
+    client = seed.world.mqtt(device)
+    client.client.manual_ack_set(True)  # paho acks only when told to
+    client.expect_accepted()
+    assert client.subscribe(f"/devices/{device.id}/commands/#", 1) == [1]
+
+    def send_in_background(data: bytes) -> tuple[threading.Thread, dict]:
+        answer: dict = {}
+        thread = threading.Thread(target=lambda: answer.update(response=seed.admin.send_command(device.name, data)))
+        thread.start()
+        return thread, answer
+
+    thread, answer = send_in_background(b"ack me")
+    got = client.wait_message(lambda m: m.payload == b"ack me", what="the QoS 1 command")
+    assert got.qos == 1
+    time.sleep(0.3)
+    assert thread.is_alive(), f"answered before the PUBACK: {answer}"
+    client.client.ack(got.mid, got.qos)
+    thread.join(5)
+    assert answer["response"].status_code == 200, answer["response"].text
+
+    thread, answer = send_in_background(b"never acked")
+    started = time.monotonic()
+    client.wait_message(lambda m: m.payload == b"never acked", what="the unacknowledged command")
+    thread.join(COMMAND_ACK_TIMEOUT + 5)
+    waited = time.monotonic() - started
+    message = assert_error(answer["response"], 504, "DEADLINE_EXCEEDED")
+    assert "did not acknowledge" in message and COMMAND_ACK_TIMEOUT - 0.5 <= waited, (message, waited)
+    assert not client.closed
+
+    thread, answer = send_in_background(b"left behind")
+    client.wait_message(lambda m: m.payload == b"left behind", what="the command before the device leaves")
+    client.close()
+    thread.join(5)
+    assert_error(answer["response"], 503, "UNAVAILABLE")
+
+
 def test_subscribe_qos2_is_granted_1_and_unsubscribe_always_gets_unsuback(seed):
     device = seed.device("suback-pi")
     client = seed.world.connected(device)

@@ -46,6 +46,9 @@ pub struct BridgeOptions {
     /// Least time between two state reports of one device (IoT Core: 1 s); faster reports are
     /// dropped (still PUBACKed) and recorded as RESOURCE_EXHAUSTED.
     pub state_min_interval: Duration,
+    /// How long `sendCommandToDevice` waits for the PUBACK of a QoS 1 command before answering
+    /// DEADLINE_EXCEEDED (Perch choice, SPEC.md §4.8).
+    pub command_ack_timeout: Duration,
 }
 
 impl Default for BridgeOptions {
@@ -64,6 +67,7 @@ impl Default for BridgeOptions {
             telemetry_per_second: 100.0,
             telemetry_burst: 200.0,
             state_min_interval: Duration::from_secs(1),
+            command_ack_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -70,12 +70,27 @@ struct ServeArgs {
     /// Serve the admin listeners without TLS even on a non-loopback address
     #[arg(long)]
     insecure_admin: bool,
+    /// Seconds sendCommandToDevice waits for a QoS 1 command's PUBACK before DEADLINE_EXCEEDED
+    #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
+    command_ack_timeout: f64,
+    /// Telemetry messages per second one MQTT connection may sustain (IoT Core: 100); faster
+    /// closes it with RESOURCE_EXHAUSTED
+    #[arg(long, default_value_t = 100.0, value_parser = positive_seconds)]
+    telemetry_rate: f64,
     /// PostgreSQL registry (scale-out; not built yet)
     #[arg(long)]
     postgres: Option<String>,
     /// NATS JetStream message log (scale-out; not built yet)
     #[arg(long)]
     nats: Option<String>,
+}
+
+/// A positive, finite number (seconds or a rate) for a serve flag.
+fn positive_seconds(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("'{s}' is not a positive number")),
+    }
 }
 
 fn init_logging() {
@@ -134,6 +149,12 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         tls_key: args.tls_key,
         tls_sans: args.tls_san,
         insecure_admin: args.insecure_admin,
+        bridge: perch_bridge::BridgeOptions {
+            command_ack_timeout: std::time::Duration::from_secs_f64(args.command_ack_timeout),
+            telemetry_per_second: args.telemetry_rate,
+            telemetry_burst: 2.0 * args.telemetry_rate,
+            ..Default::default()
+        },
     };
     perch::serve(config, data_dir, listeners, shutdown_signal()).await
 }

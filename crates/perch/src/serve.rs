@@ -31,6 +31,8 @@ pub struct ServeConfig {
     pub tls_sans: Vec<String>,
     /// Serve the admin listeners over plain HTTP even on a non-loopback address.
     pub insecure_admin: bool,
+    /// Limits and timeouts of the device bridges.
+    pub bridge: BridgeOptions,
 }
 
 /// Listeners bound by the caller (port 0 in tests). The device listeners are optional so that
@@ -108,7 +110,7 @@ pub async fn serve(
     let bridge = Bridge::new(
         registry,
         pubsub.clone(),
-        BridgeOptions::default(),
+        config.bridge.clone(),
         stop_rx.clone(),
     );
 

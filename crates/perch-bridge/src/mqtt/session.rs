@@ -16,7 +16,7 @@ use perch_core::model::{Device, DeviceConfig, Registry};
 use perch_core::{DeviceId, DeviceRef, ErrorCode, Rejection};
 use perch_store::log::NewMessage;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::bridge::Inner;
@@ -27,6 +27,12 @@ use crate::mqtt::topic::{self, PublishTopic, SubscribeTopic};
 use crate::router::{self, DeviceIdentity};
 use crate::sessions::Control;
 use crate::state::store_state;
+
+/// A QoS 1 command written to the device, waiting for its PUBACK to answer the admin call.
+struct PendingCommand {
+    reply: oneshot::Sender<Result<(), Rejection>>,
+    sent: Instant,
+}
 
 /// One device a session speaks for.
 struct Endpoint {
@@ -70,7 +76,7 @@ pub(crate) struct Session {
     endpoints: HashMap<DeviceId, Endpoint>,
     errors_subscribed: bool,
     next_packet_id: u16,
-    inflight_commands: HashMap<u16, ()>,
+    inflight_commands: HashMap<u16, PendingCommand>,
     keep_alive: Option<Duration>,
     token_expiry: Instant,
     started: Instant,
@@ -158,6 +164,9 @@ impl Session {
                 deadline = deadline.min((sent + options.config_resend_interval, "config"));
             }
         }
+        if let Some(sent) = self.inflight_commands.values().map(|c| c.sent).min() {
+            deadline = deadline.min((sent + options.command_ack_timeout, "command"));
+        }
         deadline
     }
 
@@ -185,6 +194,12 @@ impl Session {
     ) -> Closing {
         let closing = self.serve(bridge, wire, &mut rx).await;
         self.end(bridge);
+        for (_, pending) in self.inflight_commands.drain() {
+            let _ = pending.reply.send(Err(Rejection::new(
+                ErrorCode::Unavailable,
+                "the device disconnected before acknowledging the command",
+            )));
+        }
         closing
     }
 
@@ -216,6 +231,7 @@ impl Session {
                     "config" => {
                         if let Err(closing) = self.resend_due_configs(bridge, wire).await { return closing; }
                     }
+                    "command" => self.expire_commands(&bridge.options),
                     "token" => return Closing::error(ErrorCode::Unauthenticated, "mqtt: SERVER: The authorization token expired."),
                     "keepalive" => return Closing::error(ErrorCode::DeadlineExceeded, "mqtt: SERVER: The connection timed out: no packet within 1.5 times the keep-alive."),
                     "age" => return Closing::error(ErrorCode::Unavailable, "mqtt: SERVER: The connection reached its maximum age."),
@@ -704,8 +720,31 @@ impl Session {
         Ok(())
     }
 
+    /// Answers DEADLINE_EXCEEDED for commands not PUBACKed in time; the connection stays.
+    fn expire_commands(&mut self, options: &crate::BridgeOptions) {
+        let now = Instant::now();
+        let late: Vec<u16> = self
+            .inflight_commands
+            .iter()
+            .filter(|(_, c)| c.sent + options.command_ack_timeout <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            if let Some(pending) = self.inflight_commands.remove(&id) {
+                let _ = pending.reply.send(Err(Rejection::new(
+                    ErrorCode::DeadlineExceeded,
+                    format!(
+                        "the device did not acknowledge the command within {} s",
+                        options.command_ack_timeout.as_secs_f64()
+                    ),
+                )));
+            }
+        }
+    }
+
     async fn on_puback(&mut self, bridge: &Inner, id: u16) {
-        if self.inflight_commands.remove(&id).is_some() {
+        if let Some(pending) = self.inflight_commands.remove(&id) {
+            let _ = pending.reply.send(Ok(()));
             return;
         }
         let acked = self
@@ -834,9 +873,6 @@ impl Session {
                     return None;
                 };
                 let packet_id = (qos == QoS::AtLeastOnce).then(|| self.packet_id());
-                if let Some(id) = packet_id {
-                    self.inflight_commands.insert(id, ());
-                }
                 let topic = if subfolder.is_empty() {
                     format!("/devices/{device_id}/commands")
                 } else {
@@ -850,13 +886,24 @@ impl Session {
                     packet_id,
                     payload: data,
                 };
-                let sent = wire.send(&Packet::Publish(publish)).await;
-                let _ = reply.send(sent.map_err(|_| {
-                    Rejection::new(
+                if wire.send(&Packet::Publish(publish)).await.is_err() {
+                    let _ = reply.send(Err(Rejection::new(
                         ErrorCode::Unavailable,
                         "the device connection closed while sending the command",
-                    )
-                }));
+                    )));
+                    return None;
+                }
+                // QoS 0: answered once written. QoS 1: once PUBACKed, or DEADLINE_EXCEEDED.
+                match packet_id {
+                    Some(id) => {
+                        let sent = Instant::now();
+                        self.inflight_commands
+                            .insert(id, PendingCommand { reply, sent });
+                    }
+                    None => {
+                        let _ = reply.send(Ok(()));
+                    }
+                }
                 None
             }
         }

@@ -1053,6 +1053,7 @@ mod tests {
             tls_key: None,
             tls_sans: Vec::new(),
             insecure_admin: false,
+            bridge: Default::default(),
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(crate::serve(config, data_dir, listeners, async {

@@ -109,6 +109,7 @@ impl TestServer {
             tls_key: None,
             tls_sans: vec![],
             insecure_admin: false,
+            bridge: Default::default(),
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (done_tx, done_rx) = mpsc::channel();
