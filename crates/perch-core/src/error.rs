@@ -147,6 +147,14 @@ impl Rejection {
     pub fn failed_precondition(message: impl Into<String>) -> Rejection {
         Rejection::new(ErrorCode::FailedPrecondition, message)
     }
+
+    /// `ALREADY_EXISTS` with IoT Core's own wording, for a duplicate create of `resource`.
+    pub fn already_exists(resource: impl std::fmt::Display) -> Rejection {
+        Rejection::new(
+            ErrorCode::AlreadyExists,
+            format!("Resource already exists in the project (resource={resource})."),
+        )
+    }
 }
 
 #[cfg(test)]

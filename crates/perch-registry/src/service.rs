@@ -585,14 +585,7 @@ impl RegistryService {
         let mut seen = HashSet::new();
         for device in &mut devices {
             if !seen.insert(device.id.clone()) {
-                return Err(Rejection::new(
-                    ErrorCode::AlreadyExists,
-                    format!(
-                        "Resource already exists in the project (resource={}).",
-                        device.id
-                    ),
-                )
-                .into());
+                return Err(Rejection::already_exists(&device.id).into());
             }
             if device.config.version != 0 {
                 return Err(Rejection::invalid_argument(format!(

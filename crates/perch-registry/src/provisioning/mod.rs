@@ -122,6 +122,21 @@ fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T> {
 }
 
 /// The key a request brings, parsed: credential to register and its fingerprint.
+/// A record update that bumps a counter of a stored bootstrap (none stored: nothing to count).
+fn bump_bootstrap(bump: fn(&mut Bootstrap)) -> RecordUpdate {
+    Box::new(move |current: Option<Vec<u8>>| {
+        let Some(bytes) = current else {
+            return Ok(None);
+        };
+        let mut b: Bootstrap = serde_json::from_slice(&bytes)
+            .map_err(|e| Rejection::new(ErrorCode::Internal, e.to_string()))?;
+        bump(&mut b);
+        serde_json::to_vec(&b)
+            .map(Some)
+            .map_err(|e| Rejection::new(ErrorCode::Internal, e.to_string()))
+    })
+}
+
 fn request_credential(
     request: &ProvisionRequest,
 ) -> std::result::Result<(DeviceCredential, String), (Reason, String)> {
@@ -747,17 +762,7 @@ impl ProvisioningService {
 
     /// Stores a refusal and counts it on its bootstrap, in one commit.
     async fn store_refusal(&self, registry: &RegistryName, d: &Decision) -> Result<()> {
-        let count: perch_store::RecordUpdate = Box::new(|current: Option<Vec<u8>>| {
-            let Some(bytes) = current else {
-                return Ok(None);
-            };
-            let mut b: Bootstrap = serde_json::from_slice(&bytes)
-                .map_err(|e| Rejection::new(ErrorCode::Internal, e.to_string()))?;
-            b.refused += 1;
-            serde_json::to_vec(&b)
-                .map(Some)
-                .map_err(|e| Rejection::new(ErrorCode::Internal, e.to_string()))
-        });
+        let count = bump_bootstrap(|b| b.refused += 1);
         let bytes = encode(d)?;
         self.store()
             .update_records(vec![
@@ -1085,17 +1090,7 @@ impl ProvisioningService {
 
     /// Counts a rotation against the bootstrap's quota.
     async fn count_provisioned(&self, registry: &RegistryName, bootstrap_id: &str) -> Result<()> {
-        let count: perch_store::RecordUpdate = Box::new(|current: Option<Vec<u8>>| {
-            let Some(bytes) = current else {
-                return Ok(None);
-            };
-            let mut b: Bootstrap = serde_json::from_slice(&bytes)
-                .map_err(|e| Rejection::new(ErrorCode::Internal, e.to_string()))?;
-            b.provisioned += 1;
-            serde_json::to_vec(&b)
-                .map(Some)
-                .map_err(|e| Rejection::new(ErrorCode::Internal, e.to_string()))
-        });
+        let count = bump_bootstrap(|b| b.provisioned += 1);
         self.store()
             .update_record(
                 RecordKind::Bootstrap,

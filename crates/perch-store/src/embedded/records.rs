@@ -2,7 +2,7 @@
 //! records and the registry's provisioning records share. Synchronous: writes run inside the
 //! store's group-committed transactions, reads on the blocking pool.
 
-use perch_core::{ErrorCode, Rejection};
+use perch_core::Rejection;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
 use crate::{Error, Result};
@@ -24,11 +24,7 @@ pub(crate) fn put(
 ) -> Result<()> {
     let mut t = txn.open_table(table).map_err(backend)?;
     if create_only && t.get(key).map_err(backend)?.is_some() {
-        return Err(Rejection::new(
-            ErrorCode::AlreadyExists,
-            format!("Resource already exists in the project (resource={id})."),
-        )
-        .into());
+        return Err(Rejection::already_exists(id).into());
     }
     t.insert(key, value).map_err(backend)?;
     Ok(())

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use perch_core::limits::{CONFIG_VERSIONS_KEPT, NUM_ID_MAX, NUM_ID_MIN, STATES_KEPT};
 use perch_core::model::{Device, DeviceConfig, DeviceState, Registry};
-use perch_core::{DeviceId, DeviceRef, ErrorCode, LocationName, RegistryName, Rejection};
+use perch_core::{DeviceId, DeviceRef, LocationName, RegistryName, Rejection};
 use rand::Rng;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::Serialize;
@@ -275,14 +275,7 @@ fn insert_devices(
     for mut device in devices {
         let key = device_key(registry, &device.id);
         if table.get(key.as_str()).map_err(backend)?.is_some() {
-            return Err(Rejection::new(
-                ErrorCode::AlreadyExists,
-                format!(
-                    "Resource already exists in the project (resource={}).",
-                    device.id
-                ),
-            )
-            .into());
+            return Err(Rejection::already_exists(&device.id).into());
         }
         device.num_id = loop {
             let candidate = rng.random_range(NUM_ID_MIN..=NUM_ID_MAX);
@@ -392,14 +385,7 @@ impl RegistryStore for EmbeddedRegistryStore {
             {
                 let mut table = txn.open_table(REGISTRIES).map_err(backend)?;
                 if table.get(key.as_str()).map_err(backend)?.is_some() {
-                    return Err(Rejection::new(
-                        ErrorCode::AlreadyExists,
-                        format!(
-                            "Resource already exists in the project (resource={}).",
-                            registry.id
-                        ),
-                    )
-                    .into());
+                    return Err(Rejection::already_exists(&registry.id).into());
                 }
                 table
                     .insert(key.as_str(), encode(&registry)?.as_slice())
@@ -911,6 +897,7 @@ fn record_key(kind: RecordKind, key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use perch_core::ErrorCode;
     use perch_core::model::Registry;
 
     fn registry() -> Registry {
