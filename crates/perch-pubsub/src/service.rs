@@ -851,9 +851,18 @@ impl PubsubService {
         let head = log.next_seq(topic_uid)?;
         let taken = {
             let mut state = sub.state.lock().map_err(poisoned)?;
-            let mut read = |from: u64, n: usize| {
-                log.read(topic_uid, from, n, MESSAGE_MAX_BYTES)
-                    .unwrap_or_default()
+            let mut read = |from: u64, n: usize| match log.read(
+                topic_uid,
+                from,
+                n,
+                MESSAGE_MAX_BYTES,
+            ) {
+                Ok(messages) => Some(messages),
+                Err(e) => {
+                    // Not retention: the messages stay owed and a later pull retries.
+                    tracing::error!(subscription = %sub_name, error = %e, "cannot read the topic's message log");
+                    None
+                }
             };
             let want = Want {
                 stream,

@@ -392,13 +392,15 @@ impl SubscriptionState {
 
     /// Delivers up to `max_count` messages / `max_bytes` bytes (at least one message if any is
     /// deliverable), leasing each for `deadline`. `read(from, max)` returns retained messages
-    /// with `seq >= from` in order; `head` is the log's next sequence number.
+    /// with `seq >= from` in order, or None when the log could not be read: the take then stops
+    /// where it is and the unread messages stay owed (an I/O error is never taken for
+    /// retention). `head` is the log's next sequence number.
     pub fn take(
         &mut self,
         now: Instant,
         want: Want,
         head: u64,
-        read: &mut dyn FnMut(u64, usize) -> Vec<StoredMessage>,
+        read: &mut dyn FnMut(u64, usize) -> Option<Vec<StoredMessage>>,
     ) -> Taken {
         let Want {
             stream,
@@ -413,7 +415,11 @@ impl SubscriptionState {
             && (bytes < max_bytes || taken.deliveries.is_empty())
         {
             if let Some(seq) = self.ready.pop_first() {
-                match read(seq, 1).into_iter().next().filter(|m| m.seq == seq) {
+                let Some(found) = read(seq, 1) else {
+                    self.ready.insert(seq);
+                    break;
+                };
+                match found.into_iter().next().filter(|m| m.seq == seq) {
                     Some(m) if would_overflow(&taken, bytes, &m, max_bytes) => {
                         self.ready.insert(seq);
                         break;
@@ -428,7 +434,9 @@ impl SubscriptionState {
                 break;
             }
             let want = (max_count - taken.deliveries.len()).clamp(1, READ_BATCH);
-            let batch = read(self.next, want);
+            let Some(batch) = read(self.next, want) else {
+                break;
+            };
             if batch.is_empty() {
                 // Everything from `next` on was dropped by retention.
                 self.next = head;
@@ -601,11 +609,13 @@ mod tests {
     ) -> Taken {
         let head = msgs.len() as u64 + 1;
         let mut read = |from: u64, n: usize| {
-            msgs.iter()
-                .filter(|m| m.seq >= from)
-                .take(n)
-                .cloned()
-                .collect()
+            Some(
+                msgs.iter()
+                    .filter(|m| m.seq >= from)
+                    .take(n)
+                    .cloned()
+                    .collect(),
+            )
         };
         let want = Want {
             stream: None,
@@ -622,6 +632,31 @@ mod tests {
 
     fn id(d: &Delivery) -> AckId {
         AckId::parse(&d.ack_id).unwrap()
+    }
+
+    #[test]
+    fn a_failed_log_read_delivers_nothing_and_skips_nothing() {
+        let msgs = log(4, |_| "");
+        let mut s = SubscriptionState::new(9, settings(), AckProgress::default(), 1);
+        let now = Instant::now();
+        let want = || Want {
+            stream: None,
+            max_count: 10,
+            max_bytes: usize::MAX,
+            deadline: Duration::from_secs(10),
+        };
+        let t = s.take(now, want(), 5, &mut |_, _| None);
+        assert!(t.deliveries.is_empty());
+        // Two delivered and nacked, so they wait in the ready queue; reads fail again.
+        let t = take(&mut s, &msgs, now, 2);
+        assert_eq!(seqs(&t), vec![1, 2]);
+        for d in &t.deliveries {
+            s.modify_deadline(&id(d), 0, now).unwrap();
+        }
+        let t = s.take(now, want(), 5, &mut |_, _| None);
+        assert!(t.deliveries.is_empty());
+        // Once the log reads again, every message is still owed.
+        assert_eq!(seqs(&take(&mut s, &msgs, now, 10)), vec![1, 2, 3, 4]);
     }
 
     #[test]
