@@ -126,13 +126,15 @@ fn writer(db: &Database, queue: &mpsc::Receiver<Job>) {
             }
         }
         if batch.len() == 1 {
-            let answer = (batch.pop().expect("one job"))(db, Durability::Immediate);
-            answer(Ok(()));
+            if let Some(answer) = run_job(batch.pop().expect("one job"), db, Durability::Immediate)
+            {
+                answer(Ok(()));
+            }
             continue;
         }
         let answers: Vec<Answer> = batch
             .drain(..)
-            .map(|job| job(db, Durability::None))
+            .filter_map(|job| run_job(job, db, Durability::None))
             .collect();
         let synced = sync(db).map_err(|e| e.to_string());
         if let Err(e) = &synced {
@@ -140,6 +142,18 @@ fn writer(db: &Database, queue: &mpsc::Receiver<Job>) {
         }
         for answer in answers {
             answer(synced.clone());
+        }
+    }
+}
+
+/// Runs one job. A panic inside it (a bug) aborts only its own transaction and drops its
+/// answer, so its caller gets an error while the writer thread lives on for everyone else.
+fn run_job(job: Job, db: &Database, durability: Durability) -> Option<Answer> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(db, durability))) {
+        Ok(answer) => Some(answer),
+        Err(_) => {
+            tracing::error!("a store write panicked; its transaction was aborted");
+            None
         }
     }
 }
@@ -156,6 +170,34 @@ mod tests {
     use redb::{ReadableDatabase, TableDefinition};
 
     const T: TableDefinition<u64, u64> = TableDefinition::new("t");
+
+    #[tokio::test]
+    async fn a_panicking_write_fails_alone_and_the_writer_lives_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Database::create(dir.path().join("t.redb")).unwrap());
+        let committer = Committer::start(db.clone(), "test-commit").unwrap();
+        let panicked = committer
+            .write(|txn| -> Result<()> {
+                txn.open_table(T).unwrap().insert(1, 1).unwrap();
+                panic!("a bug in a write");
+            })
+            .await;
+        assert!(panicked.is_err());
+        committer
+            .write(|txn| {
+                txn.open_table(T).unwrap().insert(2, 2).unwrap();
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let txn = db.begin_read().unwrap();
+        let t = txn.open_table(T).unwrap();
+        assert!(
+            t.get(1).unwrap().is_none(),
+            "the panicking write was aborted"
+        );
+        assert_eq!(t.get(2).unwrap().map(|v| v.value()), Some(2));
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writes_each_commit_or_fail_alone_and_survive_reopen() {
