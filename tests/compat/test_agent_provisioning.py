@@ -226,3 +226,30 @@ def test_a_first_boot_without_the_server_retries_until_it_can_provision(tmp_path
         ps.close()
     finally:
         _shutdown(server)
+
+
+def test_a_reflashed_pi_waits_for_an_operators_approval_then_streams_with_its_new_key(seed, tmp_path, agents):
+    bootstrap, bootstrap_key = create_bootstrap(seed, tmp_path, reprovisionPolicy="REQUIRE_APPROVAL")
+    device_id = unique("pi")
+    config = write_config(tmp_path / "gcp_iot_config.txt",
+                          bootstrap_config(tmp_path, seed, bootstrap, bootstrap_key, SERIAL=unique("serial"),
+                                           DEVICE_ID=device_id))
+    key = tmp_path / "keys" / "ec_private.pem"
+    first = agents(config, tmp_path / "agent-1.log", "--simulate", "--once", "--once-timeout", "30")
+    assert first.wait(90) == 0, first.log()
+    old_key = key.read_bytes()
+    pull_all(seed.ps, seed.subs["temperature"], 2)
+
+    # Reflashed: the board lost its key and asks again with a new one. It is held, and keeps asking.
+    key.unlink()
+    second = agents(config, tmp_path / "agent-2.log", "--simulate", "--once", "--once-timeout", "90")
+    second.wait_for_lines("PENDING_APPROVAL", timeout=30)
+    pending = seed.admin.ok("GET", f"{seed.registry.name}/provisioningApprovals", params={"state": "PENDING"})
+    assert [a["deviceId"] for a in pending["approvals"]] == [device_id], pending
+    assert not key.exists()
+
+    seed.admin.ok("POST", f"{seed.registry.name}/provisioningApprovals/{device_id}:approve", body={})
+    assert second.wait(90) == 0, second.log()
+    assert key.is_file() and key.read_bytes() != old_key
+    got = pull_all(seed.ps, seed.subs["temperature"], 2)
+    assert {b["_attributes"]["deviceId"] for b in got} == {device_id}, got
