@@ -113,6 +113,9 @@ struct Inner {
     topics: RwLock<BTreeMap<String, TopicConfig>>,
     subscriptions: RwLock<BTreeMap<String, Arc<Subscription>>>,
     snapshots: RwLock<BTreeMap<String, SnapshotConfig>>,
+    /// Message streams of topics being created: made in the log, not yet in `topics`.
+    /// Retention must not take them for orphans.
+    creating: std::sync::Mutex<std::collections::HashSet<u64>>,
     next_stream: AtomicU64,
     push: push::PushClient,
     /// Flips to true at shutdown; push tasks started later watch it too.
@@ -330,6 +333,7 @@ impl PubsubService {
                 topics: RwLock::new(topics),
                 subscriptions: RwLock::new(subscriptions),
                 snapshots: RwLock::new(snapshots),
+                creating: Default::default(),
                 next_stream: AtomicU64::new(1),
                 push: push::PushClient::new(),
                 shutdown: shutdown.clone(),
@@ -370,15 +374,30 @@ impl PubsubService {
         }
         topic.uid = random_uid();
         self.inner
-            .store
-            .put_resource(ResourceKind::Topic, &topic.name, encode(&topic)?, true)
-            .await?;
-        self.inner.log.create_stream(topic.uid).await?;
-        self.inner
-            .topics
-            .write()
+            .creating
+            .lock()
             .map_err(poisoned)?
-            .insert(topic.name.clone(), topic.clone());
+            .insert(topic.uid);
+        let created = async {
+            self.inner
+                .store
+                .put_resource(ResourceKind::Topic, &topic.name, encode(&topic)?, true)
+                .await?;
+            self.inner.log.create_stream(topic.uid).await?;
+            self.inner
+                .topics
+                .write()
+                .map_err(poisoned)?
+                .insert(topic.name.clone(), topic.clone());
+            Ok::<(), Error>(())
+        }
+        .await;
+        self.inner
+            .creating
+            .lock()
+            .map_err(poisoned)?
+            .remove(&topic.uid);
+        created?;
         tracing::debug!(topic = %topic.name, "topic created");
         Ok(topic)
     }
@@ -690,6 +709,15 @@ impl PubsubService {
             .read()
             .map_err(poisoned)?
             .clone())
+    }
+
+    /// Names of every subscription of every project (the telemetry sink finds its own here).
+    pub fn subscription_names(&self) -> Vec<String> {
+        self.inner
+            .subscriptions
+            .read()
+            .map(|subs| subs.keys().cloned().collect())
+            .unwrap_or_default()
     }
 
     pub fn list_subscriptions(
@@ -1234,12 +1262,28 @@ impl PubsubService {
         }
     }
 
+    fn topic_has_subscriptions(&self, topic_uid: u64) -> Result<bool> {
+        Ok(self
+            .inner
+            .subscriptions
+            .read()
+            .map_err(poisoned)?
+            .values()
+            .any(|s| s.config.read().is_ok_and(|c| c.topic_uid == topic_uid)))
+    }
+
     /// Drops whole log segments nothing needs any more, and streams nothing refers to.
     pub async fn apply_retention(&self) -> Result<()> {
         let now = Utc::now();
         let log = self.inner.log.clone();
+        // Listed before anything else is read: a stream made after this is not touched, and one
+        // made before it belongs to a topic that is by now in `topics` or still in `creating`.
+        let streams = log.streams();
         let mut keep: HashMap<u64, u64> = HashMap::new();
         let mut referenced: HashMap<u64, ()> = HashMap::new();
+        for uid in self.inner.creating.lock().map_err(poisoned)?.iter() {
+            referenced.insert(*uid, ());
+        }
         for t in self.inner.topics.read().map_err(poisoned)?.values() {
             referenced.insert(t.uid, ());
             let k = match t.message_retention_seconds {
@@ -1283,11 +1327,16 @@ impl PubsubService {
             if before > 1 && before != u64::MAX {
                 log.truncate_before(uid, before).await?;
             } else if before == u64::MAX {
-                // A topic with no subscriptions and no retention keeps nothing.
-                log.truncate_before(uid, log.next_seq(uid)?).await?;
+                // A topic with no subscriptions and no retention keeps nothing. The head is read
+                // first and the subscriptions checked after: one made since starts at or after
+                // that head, so nothing it is owed is dropped.
+                let head = log.next_seq(uid)?;
+                if !self.topic_has_subscriptions(uid)? {
+                    log.truncate_before(uid, head).await?;
+                }
             }
         }
-        for stream in log.streams() {
+        for stream in streams {
             if !referenced.contains_key(&stream) {
                 log.delete_stream(stream).await?;
             }

@@ -1,4 +1,5 @@
-//! The admin surface: the router on `--admin` (cloudiot and Pub/Sub REST, discovery, `/healthz`)
+//! The admin surface: the router on `--admin` (cloudiot and Pub/Sub REST, telemetry queries,
+//! discovery, `/healthz`)
 //! and the one on `--grpc` (DeviceManager, Publisher, Subscriber), each behind the admin token unless the server runs `--dev`.
 
 use std::sync::Arc;
@@ -93,9 +94,15 @@ async fn healthz() -> &'static str {
 }
 
 /// The router on `--admin`.
-pub fn rest_router(auth: AdminAuth, devices: DeviceManagerApi, pubsub: PubsubApi) -> Router {
+pub fn rest_router(
+    auth: AdminAuth,
+    devices: DeviceManagerApi,
+    pubsub: PubsubApi,
+    telemetry: perch_sink::TelemetryStore,
+) -> Router {
     let protected = rest::router(devices)
         .merge(perch_pubsub::api::rest::router(pubsub))
+        .merge(perch_sink::rest::router(telemetry))
         .layer(middleware::from_fn_with_state(auth, require_token_rest));
     Router::new()
         .route("/healthz", get(healthz))

@@ -31,6 +31,8 @@ enum Command {
     Pubsub(perch::cli::pubsub::PubsubArgs),
     /// Fleet provisioning: bootstrap credentials, allow/deny lists, decisions
     Provision(perch::cli::provision::ProvisionArgs),
+    /// The telemetry sink: which topics it keeps, and queries of what it stored
+    Telemetry(perch::cli::telemetry::TelemetryArgs),
     /// Benchmarks and load generators
     Bench(perch::bench::BenchArgs),
 }
@@ -172,6 +174,7 @@ async fn main() -> ExitCode {
         Command::Iot(args) => perch::cli::iot::run(args).await,
         Command::Pubsub(args) => perch::cli::pubsub::run(args).await,
         Command::Provision(args) => perch::cli::provision::run(args).await,
+        Command::Telemetry(args) => perch::cli::telemetry::run(args).await,
         Command::Bench(args) => perch::bench::run(args).await,
     };
     match result {

@@ -107,6 +107,15 @@ pub async fn serve(
     .await
     .context("cannot load Pub/Sub topics and subscriptions")?;
     let pubsub_api = PubsubApi::new(pubsub.clone());
+    let telemetry = perch_sink::TelemetryStore::open(&data_dir.path().join("telemetry.sqlite"))
+        .with_context(|| {
+            format!(
+                "cannot open the telemetry store in {}",
+                data_dir.path().display()
+            )
+        })?;
+    let sink_task =
+        tokio::spawn(perch_sink::Sink::new(pubsub.clone(), telemetry.clone()).run(stop_rx.clone()));
     let bridge = Bridge::new(
         registry,
         pubsub.clone(),
@@ -125,7 +134,7 @@ pub async fn serve(
     let admin_task = tokio::spawn(http_server::serve(
         "admin",
         listeners.admin,
-        admin::rest_router(auth.clone(), devices.clone(), pubsub_api.clone()),
+        admin::rest_router(auth.clone(), devices.clone(), pubsub_api.clone(), telemetry),
         admin_tls,
         stopped(stop_rx.clone()),
     ));
@@ -196,6 +205,7 @@ pub async fn serve(
     for t in device_tasks {
         let _ = t.await;
     }
+    let _ = sink_task.await;
     // Acks taken while draining are written before we exit.
     if let Err(e) = pubsub.flush_progress().await {
         tracing::error!(error = %e, "could not save acknowledgement progress; acked messages may be redelivered");

@@ -9,6 +9,7 @@ pub mod iot;
 pub mod output;
 pub mod provision;
 pub mod pubsub;
+pub mod telemetry;
 
 use std::path::PathBuf;
 

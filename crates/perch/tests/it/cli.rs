@@ -2,6 +2,7 @@
 //! start-up errors.
 
 use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -754,4 +755,65 @@ fn provision_bootstraps_lists_and_decisions() {
         "{}",
         missing.stderr
     );
+}
+
+#[test]
+fn telemetry_sink_keeps_a_topic_and_query_reads_it_back() {
+    let server = TestServer::spawn();
+    server.pubsub_cli(&["topics", "create", "temperature"]).ok();
+    server
+        .telemetry_cli(&["sink", "create", "temperature"])
+        .ok();
+    let listed = server.telemetry_cli(&["sink", "list"]).ok().to_owned();
+    assert!(
+        listed.contains("projects/perch/subscriptions/perch-sink-temperature"),
+        "{listed}"
+    );
+    for (reading, device) in [("21.5", "pi-1"), ("19.0", "pi-2"), ("22.0", "pi-1")] {
+        server
+            .pubsub_cli(&[
+                "topics",
+                "publish",
+                "temperature",
+                "--message",
+                &format!(r#"{{"temperature_c": {reading}}}"#),
+                "--attribute",
+                &format!("deviceId={device}"),
+            ])
+            .ok();
+    }
+    let points = wait_until(
+        "the sink to store three messages",
+        Duration::from_secs(15),
+        || {
+            let out = server.telemetry_cli(&["query", "--format", "json"]).json();
+            (out.as_array().map(Vec::len) == Some(3)).then_some(out)
+        },
+    );
+    assert_eq!(points[0]["json"]["temperature_c"], 21.5, "{points}");
+    let pi1 = server
+        .telemetry_cli(&["query", "--device", "pi-1", "--format", "json"])
+        .json();
+    let readings: Vec<f64> = pi1
+        .as_array()
+        .expect("a list of points")
+        .iter()
+        .map(|p| p["json"]["temperature_c"].as_f64().expect("a reading"))
+        .collect();
+    assert_eq!(readings, [21.5, 22.0]);
+    let table = server
+        .telemetry_cli(&["query", "--device", "pi-2"])
+        .ok()
+        .to_owned();
+    assert!(table.contains("pi-2") && table.contains("19"), "{table}");
+    let bad = server.telemetry_cli(&["query", "--since", "yesterday"]);
+    assert!(
+        !bad.status.success() && bad.stderr.contains("RFC 3339"),
+        "{bad:?}"
+    );
+    server
+        .telemetry_cli(&["sink", "delete", "temperature"])
+        .ok();
+    let listed = server.telemetry_cli(&["sink", "list"]).ok().to_owned();
+    assert!(!listed.contains("perch-sink-temperature"), "{listed}");
 }

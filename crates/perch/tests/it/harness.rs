@@ -280,6 +280,11 @@ impl TestServer {
         self.cli_group("pubsub", args)
     }
 
+    /// Runs `perch telemetry --data-dir DIR ARGS…` against this server.
+    pub(crate) fn telemetry_cli(&self, args: &[&str]) -> CliOutput {
+        self.cli_group("telemetry", args)
+    }
+
     fn cli_group(&self, group: &str, args: &[&str]) -> CliOutput {
         let output = perch_command()
             .arg(group)

@@ -1,0 +1,133 @@
+//! Runs the sink: finds its subscriptions and keeps one puller per subscription, each writing
+//! a pulled batch to the store and acknowledging it only once the batch is committed.
+//!
+//! At-least-once end to end: a crash between commit and ack redelivers the batch, and the store
+//! ignores what it already holds.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use perch_core::ErrorCode;
+use perch_pubsub::PubsubService;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::store::{Row, TelemetryStore};
+
+/// Subscriptions whose id starts with this feed the sink (`perch telemetry sink create`).
+pub const SINK_SUBSCRIPTION_PREFIX: &str = "perch-sink-";
+/// How often new sink subscriptions are looked for.
+const DISCOVERY_INTERVAL: Duration = Duration::from_secs(1);
+/// Messages one pull asks for (one store transaction).
+const PULL_BATCH: usize = 1_000;
+/// Pause after a failed pull or write before trying again.
+const RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// The sink of one server.
+#[derive(Debug, Clone)]
+pub struct Sink {
+    pubsub: PubsubService,
+    store: TelemetryStore,
+}
+
+impl Sink {
+    pub fn new(pubsub: PubsubService, store: TelemetryStore) -> Sink {
+        Sink { pubsub, store }
+    }
+
+    pub fn store(&self) -> &TelemetryStore {
+        &self.store
+    }
+
+    /// Runs until `shutdown` turns true.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        let mut pullers: HashMap<String, JoinHandle<()>> = HashMap::new();
+        let mut stop = shutdown.clone();
+        loop {
+            pullers.retain(|_, task| !task.is_finished());
+            for name in self.pubsub.subscription_names() {
+                let is_sink = name
+                    .rsplit('/')
+                    .next()
+                    .is_some_and(|id| id.starts_with(SINK_SUBSCRIPTION_PREFIX));
+                if is_sink && !pullers.contains_key(&name) {
+                    tracing::info!(subscription = %name, "telemetry sink following");
+                    let task = tokio::spawn(self.clone().follow(name.clone(), shutdown.clone()));
+                    pullers.insert(name, task);
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(DISCOVERY_INTERVAL) => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+        }
+        for (_, task) in pullers {
+            let _ = task.await;
+        }
+    }
+
+    /// Pulls one subscription until it is deleted or the server stops.
+    async fn follow(self, name: String, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let pulled = tokio::select! {
+                r = self.pubsub.pull(&name, PULL_BATCH, false, None) => r,
+                _ = shutdown.wait_for(|s| *s) => return,
+            };
+            let deliveries = match pulled {
+                Ok(d) => d,
+                Err(e) if e.code() == ErrorCode::NotFound => {
+                    tracing::info!(subscription = %name, "telemetry sink subscription is gone");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(subscription = %name, error = %e, "telemetry sink cannot pull");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                    continue;
+                }
+            };
+            if deliveries.is_empty() {
+                continue;
+            }
+            let (project, topic) = match self.pubsub.get_subscription(&name) {
+                Ok(c) => (project_of(&name).to_owned(), c.topic),
+                Err(_) => return,
+            };
+            let ack_ids: Vec<String> = deliveries.iter().map(|d| d.ack_id.clone()).collect();
+            let rows: Vec<Row> = deliveries
+                .into_iter()
+                .map(|d| Row {
+                    subscription: name.clone(),
+                    message_id: d.message.seq,
+                    project: project.clone(),
+                    topic: topic.clone(),
+                    publish_time: d.message.publish_time,
+                    attributes: d.message.message.attributes,
+                    data: d.message.message.data.to_vec(),
+                })
+                .collect();
+            let store = self.store.clone();
+            match tokio::task::spawn_blocking(move || store.insert(&rows)).await {
+                Ok(Ok(_)) => {
+                    if let Err(e) = self.pubsub.acknowledge(&name, &ack_ids) {
+                        // Redelivered later and ignored by the store: nothing is lost.
+                        tracing::warn!(subscription = %name, error = %e, "telemetry sink cannot acknowledge");
+                    }
+                }
+                Ok(Err(e)) => {
+                    // Not acknowledged: the messages come back after their ack deadline.
+                    tracing::error!(subscription = %name, error = %e, "telemetry sink cannot write; will retry");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Err(e) => {
+                    tracing::error!(subscription = %name, error = %e, "telemetry sink writer failed");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+            }
+        }
+    }
+}
+
+/// `P` of `projects/P/subscriptions/S`.
+fn project_of(name: &str) -> &str {
+    name.split('/').nth(1).unwrap_or_default()
+}

@@ -1,0 +1,172 @@
+//! `perch telemetry …`: the sink's subscriptions and queries of the telemetry store
+//! (docs/telemetry.md).
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use super::client::AdminClient;
+use super::output::{cell, table};
+use super::{ClientArgs, Format};
+
+/// Subscriptions with this id prefix feed the sink (perch-sink's `SINK_SUBSCRIPTION_PREFIX`).
+const SINK_PREFIX: &str = "perch-sink-";
+
+/// `perch telemetry …`
+#[derive(Debug, Args)]
+pub struct TelemetryArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: TelemetryCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TelemetryCommand {
+    /// Which topics the sink keeps
+    #[command(subcommand)]
+    Sink(SinkCommand),
+    /// Stored telemetry, oldest first (the newest --limit points of the range)
+    Query {
+        /// Only this device (its string id)
+        #[arg(long)]
+        device: Option<String>,
+        #[arg(long)]
+        registry: Option<String>,
+        #[arg(long)]
+        subfolder: Option<String>,
+        /// RFC 3339 time, inclusive
+        #[arg(long)]
+        since: Option<String>,
+        /// RFC 3339 time, exclusive
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SinkCommand {
+    /// Keep every message of TOPIC from now on (makes subscription perch-sink-TOPIC)
+    Create { topic: String },
+    /// The topics the sink keeps
+    List,
+    /// Stop keeping TOPIC (deletes its sink subscription; stored telemetry stays)
+    Delete { topic: String },
+}
+
+fn subscription(project: &str, topic: &str) -> String {
+    format!("projects/{project}/subscriptions/{SINK_PREFIX}{topic}")
+}
+
+pub async fn run(args: TelemetryArgs) -> Result<()> {
+    let c = &args.client;
+    let client = AdminClient::new(c)?;
+    let p = &c.project;
+    match args.command {
+        TelemetryCommand::Sink(SinkCommand::Create { topic }) => {
+            let body = json!({ "topic": format!("projects/{p}/topics/{topic}"), "ackDeadlineSeconds": 60 });
+            client
+                .call(Method::PUT, &subscription(p, &topic), &[], Some(&body))
+                .await?;
+            eprintln!(
+                "The sink keeps topic [{topic}] from now on (subscription {SINK_PREFIX}{topic})."
+            );
+        }
+        TelemetryCommand::Sink(SinkCommand::Delete { topic }) => {
+            client
+                .call(Method::DELETE, &subscription(p, &topic), &[], None)
+                .await?;
+            eprintln!("The sink no longer keeps topic [{topic}]; what it stored stays.");
+        }
+        TelemetryCommand::Sink(SinkCommand::List) => {
+            let mut topics = Vec::new();
+            let mut token = String::new();
+            loop {
+                let page = client
+                    .call(
+                        Method::GET,
+                        &format!("projects/{p}/subscriptions"),
+                        &[("pageToken", token.clone())],
+                        None,
+                    )
+                    .await?;
+                for s in page["subscriptions"].as_array().into_iter().flatten() {
+                    let name = s["name"].as_str().unwrap_or_default();
+                    if name
+                        .rsplit('/')
+                        .next()
+                        .is_some_and(|id| id.starts_with(SINK_PREFIX))
+                    {
+                        topics.push(json!({ "subscription": name, "topic": s["topic"] }));
+                    }
+                }
+                token = page["nextPageToken"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                if token.is_empty() {
+                    break;
+                }
+            }
+            match c.format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&topics)?),
+                Format::Table => table(
+                    &["TOPIC", "SUBSCRIPTION"],
+                    &topics
+                        .iter()
+                        .map(|t| vec![cell(&t["topic"]), cell(&t["subscription"])])
+                        .collect::<Vec<_>>(),
+                ),
+            }
+        }
+        TelemetryCommand::Query {
+            device,
+            registry,
+            subfolder,
+            since,
+            until,
+            limit,
+        } => {
+            let mut query = vec![("pageSize", limit.to_string())];
+            query.extend(device.map(|v| ("deviceId", v)));
+            query.extend(registry.map(|v| ("registryId", v)));
+            query.extend(subfolder.map(|v| ("subFolder", v)));
+            query.extend(since.map(|v| ("since", v)));
+            query.extend(until.map(|v| ("until", v)));
+            let r = client
+                .call(
+                    Method::GET,
+                    &format!("projects/{p}/telemetry"),
+                    &query,
+                    None,
+                )
+                .await?;
+            let points = r["points"].as_array().cloned().unwrap_or_default();
+            match c.format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&points)?),
+                Format::Table => table(
+                    &["PUBLISH_TIME", "DEVICE_ID", "SUBFOLDER", "DATA"],
+                    &points
+                        .iter()
+                        .map(|pt| {
+                            let data = match &pt["json"] {
+                                Value::Null => cell(&pt["data"]),
+                                v => v.to_string(),
+                            };
+                            vec![
+                                cell(&pt["publishTime"]),
+                                cell(&pt["deviceId"]),
+                                cell(&pt["subFolder"]),
+                                data,
+                            ]
+                        })
+                        .collect::<Vec<_>>(),
+                ),
+            }
+        }
+    }
+    Ok(())
+}
