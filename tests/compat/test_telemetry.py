@@ -90,3 +90,32 @@ def test_the_store_survives_a_restart_and_a_replay_adds_no_duplicates(private):
     ps.publish(topic, [(b"marker", {"deviceId": "marker"})])
     wait_points(admin(), ps.project, 1, "the marker after the replay", deviceId="marker")
     assert len(points(admin(), ps.project)) == 7, "the replayed messages were stored twice"
+
+
+def test_a_sensor_glitch_among_steady_readings_is_flagged_for_its_device_only(seed):
+    project = seed.world.project
+    seed.ps.subscriber.create_subscription(
+        request={"name": f"projects/{project}/subscriptions/perch-sink-temperature",
+                 "topic": f"projects/{project}/topics/temperature"},
+        timeout=REQUEST_TIMEOUT)
+    fridge, other = seed.device(unique("pi")), seed.device(unique("pi"))
+    fridge_client, other_client = seed.world.connected(fridge), seed.world.connected(other)
+    wobble = [0.0, 0.06, -0.06, 0.12, -0.1]
+    for i in range(30):  # 30 steady readings each: the models warm up on 20
+        for device, client, base in ((fridge, fridge_client, 4.0), (other, other_client, 21.0)):
+            body = {"temperature_c": base + wobble[i % 5], "sensor_id": "28-0000075d1a2b"}
+            client.publish_acked(device.events("temperature"), json.dumps(body).encode())
+    # A DS18B20 that reads 85 °C has lost power mid-conversion: not a real temperature.
+    fridge_client.publish_acked(fridge.events("temperature"), b'{"temperature_c": 85.0, "sensor_id": "28-0000075d1a2b"}')
+    wait_points(seed.admin, project, 31, "the fridge's 31 readings", deviceId=fridge.id)
+    assert len(wait_points(seed.admin, project, 30, "the other Pi's readings", deviceId=other.id)) == 30
+
+    found = seed.admin.ok("GET", f"projects/{project}/anomalies")["anomalies"]
+    assert len(found) == 1, found
+    a = found[0]
+    assert (a["deviceId"], a["field"], a["value"]) == (fridge.id, "temperature_c", 85.0), a
+    assert a["deviceRegistryId"] == seed.registry.id and a["subFolder"] == "temperature"
+    assert abs(a["mean"] - 4.0) < 0.1 and a["z"] > 4, a
+    glitch = points(seed.admin, project, deviceId=fridge.id, pageSize=1)[0]
+    assert glitch["messageId"] == a["messageId"] and glitch["publishTime"] == a["publishTime"]
+    assert seed.admin.ok("GET", f"projects/{project}/anomalies", params={"deviceId": other.id})["anomalies"] == []

@@ -3,20 +3,22 @@
 //! queryable SQLite file in the data dir (`telemetry.sqlite`).
 //!
 //! - [`store`] owns the SQLite file: schema, idempotent batch inserts, queries.
+//! - [`model`] is the anomaly model each (device, payload field) series gets.
 //! - [`runner`] finds the sink's subscriptions (id `perch-sink-…`, made by `perch telemetry sink
 //!   create`), pulls them and acknowledges a batch only once it is committed to disk.
-//! - [`rest`] serves `GET /v1/projects/{p}/telemetry` on the admin listener.
+//! - [`rest`] serves `GET /v1/projects/{p}/telemetry` and `…/anomalies` on the admin listener.
 //!
 //! A subscription is the sink's cursor, so Pub/Sub's own tools apply: `seek` replays history
 //! into the store (duplicates are ignored by `(subscription, messageId)`), deleting the
 //! subscription stops the sink for that topic.
 
+pub mod model;
 pub mod rest;
 pub mod runner;
 pub mod store;
 
 pub use runner::{SINK_SUBSCRIPTION_PREFIX, Sink};
-pub use store::{Point, Query, TelemetryStore};
+pub use store::{Anomaly, Point, Query, TelemetryStore};
 
 /// What the telemetry store can fail with.
 #[derive(Debug, thiserror::Error)]

@@ -1,9 +1,10 @@
-//! `GET /v1/projects/{project}/telemetry` on the admin listener (Perch's own, behind the admin
-//! token): the newest points of a range, oldest first.
+//! `GET /v1/projects/{project}/telemetry` and `GET /v1/projects/{project}/anomalies` on the admin
+//! listener (Perch's own, behind the admin token): the newest points (or flagged readings) of a
+//! range, oldest first.
 //!
-//! Query parameters: `deviceId`, `registryId`, `subFolder`, `since` and `until` (RFC 3339;
+//! Query parameters (both): `deviceId`, `registryId`, `subFolder`, `since` and `until` (RFC 3339;
 //! `since` inclusive, `until` exclusive), `pageSize` (default 1,000, at most 10,000). Answers
-//! `{"points": [Point…]}`; errors are `google.rpc.Status` JSON like the rest of the admin API.
+//! `{"points": [Point…]}` and `{"anomalies": [Anomaly…]}`; errors are `google.rpc.Status` JSON like the rest of the admin API.
 
 use axum::Router;
 use axum::extract::{Path, Query as QueryParams, State};
@@ -30,7 +31,8 @@ struct Params {
 /// The route, to be merged behind the admin-token layer.
 pub fn router(store: TelemetryStore) -> Router {
     Router::new()
-        .route("/v1/projects/{project}/telemetry", get(query))
+        .route("/v1/projects/{project}/telemetry", get(points))
+        .route("/v1/projects/{project}/anomalies", get(anomalies))
         .with_state(store)
 }
 
@@ -61,33 +63,56 @@ fn time(name: &str, value: Option<String>) -> Result<Option<DateTime<Utc>>, Resp
         .transpose()
 }
 
-async fn query(
-    State(store): State<TelemetryStore>,
-    Path(project): Path<String>,
+/// The query a request asks for, or the error response saying what is wrong with it.
+fn parse(
+    project: String,
     params: Result<QueryParams<Params>, axum::extract::rejection::QueryRejection>,
+) -> Result<Query, Response> {
+    let QueryParams(p) = params.map_err(|e| error(ErrorCode::InvalidArgument, e.body_text()))?;
+    Ok(Query {
+        project,
+        device_id: p.device_id,
+        registry_id: p.registry_id,
+        sub_folder: p.sub_folder,
+        since: time("since", p.since)?,
+        until: time("until", p.until)?,
+        limit: p.page_size.unwrap_or(QUERY_LIMIT_DEFAULT),
+    })
+}
+
+/// Runs a store read off the async workers and answers `{key: [...]}`.
+async fn answer<T: serde::Serialize + Send + 'static>(
+    key: &'static str,
+    read: impl FnOnce() -> crate::Result<Vec<T>> + Send + 'static,
 ) -> Response {
-    let QueryParams(p) = match params {
-        Ok(p) => p,
-        Err(e) => return error(ErrorCode::InvalidArgument, e.body_text()),
-    };
-    let q = match (time("since", p.since), time("until", p.until)) {
-        (Ok(since), Ok(until)) => Query {
-            project,
-            device_id: p.device_id,
-            registry_id: p.registry_id,
-            sub_folder: p.sub_folder,
-            since,
-            until,
-            limit: p.page_size.unwrap_or(QUERY_LIMIT_DEFAULT),
-        },
-        (Err(r), _) | (_, Err(r)) => return r,
-    };
-    match tokio::task::spawn_blocking(move || store.query(&q)).await {
-        Ok(Ok(points)) => axum::Json(serde_json::json!({ "points": points })).into_response(),
+    match tokio::task::spawn_blocking(read).await {
+        Ok(Ok(items)) => axum::Json(serde_json::json!({ key: items })).into_response(),
         Ok(Err(e)) => {
             tracing::error!(error = %e, "telemetry query failed");
             error(ErrorCode::Internal, "the telemetry store could not be read")
         }
         Err(_) => error(ErrorCode::Internal, "the telemetry query was cancelled"),
+    }
+}
+
+async fn points(
+    State(store): State<TelemetryStore>,
+    Path(project): Path<String>,
+    params: Result<QueryParams<Params>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    match parse(project, params) {
+        Ok(q) => answer("points", move || store.query(&q)).await,
+        Err(r) => r,
+    }
+}
+
+async fn anomalies(
+    State(store): State<TelemetryStore>,
+    Path(project): Path<String>,
+    params: Result<QueryParams<Params>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    match parse(project, params) {
+        Ok(q) => answer("anomalies", move || store.anomalies(&q)).await,
+        Err(r) => r,
     }
 }

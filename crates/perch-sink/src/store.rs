@@ -1,5 +1,7 @@
 //! The SQLite file the sink writes and queries read: one row per message, the trusted device
-//! attributes as indexed columns, the payload as it arrived, every attribute as JSON.
+//! attributes as indexed columns, the payload as it arrived, every attribute as JSON; beside it
+//! the anomaly models' state (`series`) and what they flagged (`anomalies`), written in the
+//! same transaction as the rows they judged.
 //!
 //! WAL mode with `synchronous = FULL`: a batch is on disk when `insert` returns, and readers
 //! (the REST API, or `sqlite3 DIR/telemetry.sqlite` next to a running server) never block the
@@ -15,6 +17,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{Connection, params};
 use serde::Serialize;
 
+use crate::model::{Series, numeric_fields};
 use crate::{Error, Result};
 
 /// Most points one query returns.
@@ -41,6 +44,29 @@ CREATE TABLE IF NOT EXISTS telemetry (
 );
 CREATE INDEX IF NOT EXISTS telemetry_by_device ON telemetry (project, device_id, publish_time_ms);
 CREATE INDEX IF NOT EXISTS telemetry_by_time ON telemetry (project, publish_time_ms);
+CREATE TABLE IF NOT EXISTS series (
+    key   TEXT PRIMARY KEY,
+    count INTEGER NOT NULL,
+    mean  REAL    NOT NULL,
+    var   REAL    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS anomalies (
+    id                 INTEGER PRIMARY KEY,
+    project            TEXT    NOT NULL,
+    subscription       TEXT    NOT NULL,
+    message_id         INTEGER NOT NULL,
+    publish_time_ms    INTEGER NOT NULL,
+    device_id          TEXT    NOT NULL,
+    device_registry_id TEXT,
+    sub_folder         TEXT,
+    field              TEXT    NOT NULL,
+    value              REAL    NOT NULL,
+    mean               REAL    NOT NULL,
+    std                REAL    NOT NULL,
+    z                  REAL    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS anomalies_by_device ON anomalies (project, device_id, publish_time_ms);
+CREATE INDEX IF NOT EXISTS anomalies_by_time ON anomalies (project, publish_time_ms);
 ";
 
 /// A message to keep: where it came from and what it carried.
@@ -95,6 +121,27 @@ pub struct Point {
     pub json: Option<serde_json::Value>,
 }
 
+/// A reading an anomaly model flagged (JSON: camelCase).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Anomaly {
+    pub message_id: String,
+    pub publish_time: DateTime<Utc>,
+    pub device_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_registry_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sub_folder: Option<String>,
+    /// The payload field, e.g. `temperature_c`.
+    pub field: String,
+    pub value: f64,
+    /// What the model expected: its mean and standard deviation before this reading.
+    pub mean: f64,
+    pub std: f64,
+    /// (value - mean) / std.
+    pub z: f64,
+}
+
 /// The telemetry file; cheap to clone. Calls block: run them off the async workers.
 #[derive(Debug, Clone)]
 pub struct TelemetryStore {
@@ -135,7 +182,7 @@ impl TelemetryStore {
             )?;
             for r in rows {
                 let a = |k: &str| r.attributes.get(k).cloned();
-                added += stmt.execute(params![
+                let inserted = stmt.execute(params![
                     r.subscription,
                     r.message_id as i64,
                     r.project,
@@ -149,41 +196,56 @@ impl TelemetryStore {
                     r.data,
                     serde_json::to_string(&r.attributes).unwrap_or_else(|_| "{}".into()),
                 ])?;
+                // A message seen before (redelivery, replay) was judged already.
+                if inserted == 1 {
+                    judge(&txn, r)?;
+                }
+                added += inserted;
             }
         }
         txn.commit()?;
         Ok(added)
     }
 
+    /// What the anomaly models flagged, newest `q.limit` of the range, oldest first
+    /// (`registry_id` and `sub_folder` filter as in [`TelemetryStore::query`]).
+    pub fn anomalies(&self, q: &Query) -> Result<Vec<Anomaly>> {
+        let (filter, args) = where_clause(q);
+        let sql = format!(
+            "SELECT message_id, publish_time_ms, device_id, device_registry_id, sub_folder, field,
+                    value, mean, std, z
+             FROM anomalies {filter} ORDER BY publish_time_ms DESC, id DESC LIMIT ?"
+        );
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut found = stmt
+            .query_map(rusqlite::params_from_iter(args), |row| {
+                Ok(Anomaly {
+                    message_id: row.get::<_, i64>(0)?.to_string(),
+                    publish_time: millis(row.get(1)?),
+                    device_id: row.get(2)?,
+                    device_registry_id: row.get(3)?,
+                    sub_folder: row.get(4)?,
+                    field: row.get(5)?,
+                    value: row.get(6)?,
+                    mean: row.get(7)?,
+                    std: row.get(8)?,
+                    z: row.get(9)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<Anomaly>>>()?;
+        found.reverse();
+        Ok(found)
+    }
+
     /// The newest `q.limit` points matching `q`, oldest first.
     pub fn query(&self, q: &Query) -> Result<Vec<Point>> {
-        let mut sql = String::from(
+        let (filter, args) = where_clause(q);
+        let sql = format!(
             "SELECT message_id, publish_time_ms, topic, device_id, device_num_id,
                     device_registry_id, device_registry_location, sub_folder, attributes, data
-             FROM telemetry WHERE project = ?",
+             FROM telemetry {filter} ORDER BY publish_time_ms DESC, id DESC LIMIT ?"
         );
-        let mut args: Vec<rusqlite::types::Value> = vec![q.project.clone().into()];
-        for (column, value) in [
-            ("device_id", &q.device_id),
-            ("device_registry_id", &q.registry_id),
-            ("sub_folder", &q.sub_folder),
-        ] {
-            if let Some(v) = value {
-                sql.push_str(&format!(" AND {column} = ?"));
-                args.push(v.clone().into());
-            }
-        }
-        if let Some(t) = q.since {
-            sql.push_str(" AND publish_time_ms >= ?");
-            args.push(t.timestamp_millis().into());
-        }
-        if let Some(t) = q.until {
-            sql.push_str(" AND publish_time_ms < ?");
-            args.push(t.timestamp_millis().into());
-        }
-        sql.push_str(" ORDER BY publish_time_ms DESC, id DESC LIMIT ?");
-        args.push((q.limit.clamp(1, QUERY_LIMIT_MAX) as i64).into());
-
         let conn = self.conn()?;
         let mut stmt = conn.prepare_cached(&sql)?;
         let mut points = stmt
@@ -192,10 +254,7 @@ impl TelemetryStore {
                 let attributes: String = row.get(8)?;
                 Ok(Point {
                     message_id: row.get::<_, i64>(0)?.to_string(),
-                    publish_time: Utc
-                        .timestamp_millis_opt(row.get(1)?)
-                        .single()
-                        .unwrap_or_default(),
+                    publish_time: millis(row.get(1)?),
                     topic: row.get(2)?,
                     device_id: row.get(3)?,
                     device_num_id: row.get(4)?,
@@ -211,6 +270,95 @@ impl TelemetryStore {
         points.reverse();
         Ok(points)
     }
+}
+
+fn millis(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
+/// `WHERE …` for a query's filters, with its arguments, the page size last.
+fn where_clause(q: &Query) -> (String, Vec<rusqlite::types::Value>) {
+    let mut sql = String::from("WHERE project = ?");
+    let mut args: Vec<rusqlite::types::Value> = vec![q.project.clone().into()];
+    for (column, value) in [
+        ("device_id", &q.device_id),
+        ("device_registry_id", &q.registry_id),
+        ("sub_folder", &q.sub_folder),
+    ] {
+        if let Some(v) = value {
+            sql.push_str(&format!(" AND {column} = ?"));
+            args.push(v.clone().into());
+        }
+    }
+    if let Some(t) = q.since {
+        sql.push_str(" AND publish_time_ms >= ?");
+        args.push(t.timestamp_millis().into());
+    }
+    if let Some(t) = q.until {
+        sql.push_str(" AND publish_time_ms < ?");
+        args.push(t.timestamp_millis().into());
+    }
+    args.push((q.limit.clamp(1, QUERY_LIMIT_MAX) as i64).into());
+    (sql, args)
+}
+
+/// Runs the anomaly models of a newly stored row's numeric fields, inside its transaction.
+fn judge(txn: &rusqlite::Transaction<'_>, r: &Row) -> Result<()> {
+    let Some(device) = r.attributes.get("deviceId") else {
+        return Ok(());
+    };
+    let registry = r.attributes.get("deviceRegistryId");
+    let sub_folder = r.attributes.get("subFolder");
+    for (field, value) in numeric_fields(&r.data) {
+        let key = format!(
+            "{}/{}/{device}/{}/{field}",
+            r.project,
+            registry.map_or("", String::as_str),
+            sub_folder.map_or("", String::as_str)
+        );
+        let mut series: Series = txn
+            .query_row(
+                "SELECT count, mean, var FROM series WHERE key = ?1",
+                params![key],
+                |row| {
+                    Ok(Series {
+                        count: row.get::<_, i64>(0)? as u64,
+                        mean: row.get(1)?,
+                        var: row.get(2)?,
+                    })
+                },
+            )
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(Series::default()),
+                e => Err(e),
+            })?;
+        if let Some(o) = series.observe(value) {
+            txn.prepare_cached(
+                "INSERT INTO anomalies (project, subscription, message_id, publish_time_ms,
+                    device_id, device_registry_id, sub_folder, field, value, mean, std, z)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            )?
+            .execute(params![
+                r.project,
+                r.subscription,
+                r.message_id as i64,
+                r.publish_time.timestamp_millis(),
+                device,
+                registry,
+                sub_folder,
+                field,
+                value,
+                o.mean,
+                o.std,
+                o.z,
+            ])?;
+        }
+        txn.prepare_cached(
+            "INSERT OR REPLACE INTO series (key, count, mean, var) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![key, series.count as i64, series.mean, series.var])?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -231,6 +379,45 @@ mod tests {
             .into(),
             data: data.as_bytes().to_vec(),
         }
+    }
+
+    #[test]
+    fn a_glitch_is_flagged_once_and_models_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sqlite");
+        let store = TelemetryStore::open(&path).unwrap();
+        let wobble = |i: u64| 21.0 + [0.0, 0.06, -0.06, 0.12, -0.1][i as usize % 5];
+        let readings: Vec<Row> = (1..=30)
+            .map(|i| {
+                let body = format!(r#"{{"temperature_c": {}}}"#, wobble(i));
+                row("s", i, "pi-1", i as i64 * 1000, &body)
+            })
+            .collect();
+        store.insert(&readings).unwrap();
+        drop(store);
+        let store = TelemetryStore::open(&path).unwrap();
+        let glitch = row("s", 31, "pi-1", 31_000, r#"{"temperature_c": 85.0}"#);
+        store.insert(std::slice::from_ref(&glitch)).unwrap();
+        store.insert(&[glitch]).unwrap(); // redelivered: not judged again
+        let q = Query {
+            project: "p".into(),
+            limit: 10,
+            ..Default::default()
+        };
+        let found = store.anomalies(&q).unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        let a = &found[0];
+        assert_eq!(
+            (a.message_id.as_str(), a.device_id.as_str()),
+            ("31", "pi-1")
+        );
+        assert_eq!((a.field.as_str(), a.value), ("temperature_c", 85.0));
+        assert!(a.z > 4.0 && (a.mean - 21.0).abs() < 0.1, "{a:?}");
+        let other = Query {
+            device_id: Some("pi-2".into()),
+            ..q
+        };
+        assert!(store.anomalies(&other).unwrap().is_empty());
     }
 
     #[test]

@@ -28,23 +28,41 @@ pub enum TelemetryCommand {
     #[command(subcommand)]
     Sink(SinkCommand),
     /// Stored telemetry, oldest first (the newest --limit points of the range)
-    Query {
-        /// Only this device (its string id)
-        #[arg(long)]
-        device: Option<String>,
-        #[arg(long)]
-        registry: Option<String>,
-        #[arg(long)]
-        subfolder: Option<String>,
-        /// RFC 3339 time, inclusive
-        #[arg(long)]
-        since: Option<String>,
-        /// RFC 3339 time, exclusive
-        #[arg(long)]
-        until: Option<String>,
-        #[arg(long, default_value_t = 100)]
-        limit: usize,
-    },
+    Query(Filters),
+    /// Readings the anomaly models flagged, oldest first (the newest --limit of the range)
+    Anomalies(Filters),
+}
+
+/// The filters `query` and `anomalies` share.
+#[derive(Debug, Args)]
+pub struct Filters {
+    /// Only this device (its string id)
+    #[arg(long)]
+    device: Option<String>,
+    #[arg(long)]
+    registry: Option<String>,
+    #[arg(long)]
+    subfolder: Option<String>,
+    /// RFC 3339 time, inclusive
+    #[arg(long)]
+    since: Option<String>,
+    /// RFC 3339 time, exclusive
+    #[arg(long)]
+    until: Option<String>,
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+}
+
+impl Filters {
+    fn query(self) -> Vec<(&'static str, String)> {
+        let mut query = vec![("pageSize", self.limit.to_string())];
+        query.extend(self.device.map(|v| ("deviceId", v)));
+        query.extend(self.registry.map(|v| ("registryId", v)));
+        query.extend(self.subfolder.map(|v| ("subFolder", v)));
+        query.extend(self.since.map(|v| ("since", v)));
+        query.extend(self.until.map(|v| ("until", v)));
+        query
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -122,20 +140,8 @@ pub async fn run(args: TelemetryArgs) -> Result<()> {
                 ),
             }
         }
-        TelemetryCommand::Query {
-            device,
-            registry,
-            subfolder,
-            since,
-            until,
-            limit,
-        } => {
-            let mut query = vec![("pageSize", limit.to_string())];
-            query.extend(device.map(|v| ("deviceId", v)));
-            query.extend(registry.map(|v| ("registryId", v)));
-            query.extend(subfolder.map(|v| ("subFolder", v)));
-            query.extend(since.map(|v| ("since", v)));
-            query.extend(until.map(|v| ("until", v)));
+        TelemetryCommand::Query(filters) => {
+            let query = filters.query();
             let r = client
                 .call(
                     Method::GET,
@@ -161,6 +167,44 @@ pub async fn run(args: TelemetryArgs) -> Result<()> {
                                 cell(&pt["deviceId"]),
                                 cell(&pt["subFolder"]),
                                 data,
+                            ]
+                        })
+                        .collect::<Vec<_>>(),
+                ),
+            }
+        }
+        TelemetryCommand::Anomalies(filters) => {
+            let r = client
+                .call(
+                    Method::GET,
+                    &format!("projects/{p}/anomalies"),
+                    &filters.query(),
+                    None,
+                )
+                .await?;
+            let found = r["anomalies"].as_array().cloned().unwrap_or_default();
+            match c.format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&found)?),
+                Format::Table => table(
+                    &[
+                        "PUBLISH_TIME",
+                        "DEVICE_ID",
+                        "FIELD",
+                        "VALUE",
+                        "EXPECTED",
+                        "Z",
+                    ],
+                    &found
+                        .iter()
+                        .map(|a| {
+                            let num = |k: &str| a[k].as_f64().unwrap_or_default();
+                            vec![
+                                cell(&a["publishTime"]),
+                                cell(&a["deviceId"]),
+                                cell(&a["field"]),
+                                cell(&a["value"]),
+                                format!("{:.2} ± {:.2}", num("mean"), num("std")),
+                                format!("{:+.1}", num("z")),
                             ]
                         })
                         .collect::<Vec<_>>(),

@@ -758,7 +758,7 @@ fn provision_bootstraps_lists_and_decisions() {
 }
 
 #[test]
-fn telemetry_sink_keeps_a_topic_and_query_reads_it_back() {
+fn telemetry_sink_keeps_a_topic_and_query_and_anomalies_read_it_back() {
     let server = TestServer::spawn();
     server.pubsub_cli(&["topics", "create", "temperature"]).ok();
     server
@@ -810,6 +810,45 @@ fn telemetry_sink_keeps_a_topic_and_query_reads_it_back() {
     assert!(
         !bad.status.success() && bad.stderr.contains("RFC 3339"),
         "{bad:?}"
+    );
+    // Steady readings warm a model up; a jump is then listed as an anomaly.
+    for i in 0..21 {
+        let reading = 4.0 + [0.0, 0.06, -0.06][i % 3];
+        server
+            .pubsub_cli(&[
+                "topics",
+                "publish",
+                "temperature",
+                "--message",
+                &format!(r#"{{"temperature_c": {reading}}}"#),
+                "--attribute",
+                "deviceId=fridge",
+            ])
+            .ok();
+    }
+    server
+        .pubsub_cli(&[
+            "topics",
+            "publish",
+            "temperature",
+            "--message",
+            r#"{"temperature_c": 85}"#,
+            "--attribute",
+            "deviceId=fridge",
+        ])
+        .ok();
+    let anomalies = wait_until("the spike to be flagged", Duration::from_secs(15), || {
+        let out = server
+            .telemetry_cli(&["anomalies", "--format", "json"])
+            .json();
+        (out.as_array().map(Vec::len) == Some(1)).then_some(out)
+    });
+    assert_eq!(anomalies[0]["deviceId"], "fridge", "{anomalies}");
+    assert_eq!(anomalies[0]["value"], 85.0, "{anomalies}");
+    let table = server.telemetry_cli(&["anomalies"]).ok().to_owned();
+    assert!(
+        table.contains("fridge") && table.contains("temperature_c"),
+        "{table}"
     );
     server
         .telemetry_cli(&["sink", "delete", "temperature"])
