@@ -769,7 +769,7 @@ fn telemetry_sink_keeps_a_topic_and_query_and_anomalies_read_it_back() {
         listed.contains("projects/perch/subscriptions/perch-sink-temperature"),
         "{listed}"
     );
-    for (reading, device) in [("21.5", "pi-1"), ("19.0", "pi-2"), ("22.0", "pi-1")] {
+    let publish = |reading: f64, device: &str| {
         server
             .pubsub_cli(&[
                 "topics",
@@ -781,6 +781,9 @@ fn telemetry_sink_keeps_a_topic_and_query_and_anomalies_read_it_back() {
                 &format!("deviceId={device}"),
             ])
             .ok();
+    };
+    for (reading, device) in [(21.5, "pi-1"), (19.0, "pi-2"), (22.0, "pi-1")] {
+        publish(reading, device);
     }
     let points = wait_until(
         "the sink to store three messages",
@@ -813,30 +816,9 @@ fn telemetry_sink_keeps_a_topic_and_query_and_anomalies_read_it_back() {
     );
     // Steady readings warm a model up; a jump is then listed as an anomaly.
     for i in 0..21 {
-        let reading = 4.0 + [0.0, 0.06, -0.06][i % 3];
-        server
-            .pubsub_cli(&[
-                "topics",
-                "publish",
-                "temperature",
-                "--message",
-                &format!(r#"{{"temperature_c": {reading}}}"#),
-                "--attribute",
-                "deviceId=fridge",
-            ])
-            .ok();
+        publish(4.0 + [0.0, 0.06, -0.06][i % 3], "fridge");
     }
-    server
-        .pubsub_cli(&[
-            "topics",
-            "publish",
-            "temperature",
-            "--message",
-            r#"{"temperature_c": 85}"#,
-            "--attribute",
-            "deviceId=fridge",
-        ])
-        .ok();
+    publish(85.0, "fridge");
     let anomalies = wait_until("the spike to be flagged", Duration::from_secs(15), || {
         let out = server
             .telemetry_cli(&["anomalies", "--format", "json"])
