@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import queue
+import threading
 
 import pytest
+import requests
 
 from device_helpers import AdminRest, assert_error, unique, wait_until
 from pubsub_helpers import REQUEST_TIMEOUT, PubSub
@@ -119,3 +122,69 @@ def test_a_sensor_glitch_among_steady_readings_is_flagged_for_its_device_only(se
     glitch = points(seed.admin, project, deviceId=fridge.id, pageSize=1)[0]
     assert glitch["messageId"] == a["messageId"] and glitch["publishTime"] == a["publishTime"]
     assert seed.admin.ok("GET", f"projects/{project}/anomalies", params={"deviceId": other.id})["anomalies"] == []
+
+
+def test_the_dashboard_is_served_and_its_live_feed_streams_new_points_and_anomalies(seed):
+    project = seed.world.project
+    base = seed.world.server.admin_url.rstrip("/")
+    page = requests.get(f"{base}/dashboard", timeout=10)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html"), page.text[:200]
+    for asset, kind in (("uPlot.iife.min.js", "javascript"), ("uPlot.min.css", "css"), ("dashboard.js", "javascript")):
+        assert asset in page.text, asset
+        r = requests.get(f"{base}/dashboard/{asset}", timeout=10)
+        assert r.status_code == 200 and kind in r.headers["content-type"] and len(r.content) > 500, asset
+
+    seed.ps.subscriber.create_subscription(
+        request={"name": f"projects/{project}/subscriptions/perch-sink-temperature",
+                 "topic": f"projects/{project}/topics/temperature"},
+        timeout=REQUEST_TIMEOUT)
+    device, other = seed.device(unique("pi")), seed.device(unique("pi"))
+    events: queue.Queue = queue.Queue()
+    stream = requests.get(f"{base}/v1/projects/{project}/telemetry:watch", params={"deviceId": device.id},
+                          stream=True, timeout=30)
+    assert stream.status_code == 200 and stream.headers["content-type"].startswith("text/event-stream")
+
+    expected = 23  # 22 points and one anomaly
+
+    def read() -> None:
+        """Reads until every expected event is in (closing a stream another thread reads blocks until the next
+        keep-alive)."""
+        event, count = None, 0
+        # chunk_size=None: each chunk as it arrives (a fixed size would sit on the last events).
+        for line in stream.iter_lines(chunk_size=None, decode_unicode=True):
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:"):
+                events.put((event, json.loads(line[5:])))
+                count += 1
+                if count == expected:
+                    return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        seed.world.connected(other).publish_acked(other.events("temperature"), b'{"temperature_c": 1.0}')
+        client = seed.world.connected(device)
+        for i in range(21):
+            client.publish_acked(device.events("temperature"), json.dumps({"temperature_c": 4.0 + i % 2 / 20}).encode())
+        client.publish_acked(device.events("temperature"), b'{"temperature_c": 85.0}')
+        got = [events.get(timeout=15) for _ in range(expected)]
+    finally:
+        reader.join(20)
+        stream.close()
+    kinds = [kind for kind, _ in got]
+    assert kinds.count("point") == 22 and kinds.count("anomaly") == 1, kinds
+    assert {body["deviceId"] for _, body in got} == {device.id}, "the other device's point was not filtered out"
+    anomaly = next(body for kind, body in got if kind == "anomaly")
+    assert anomaly["value"] == 85.0 and anomaly["field"] == "temperature_c"
+
+
+def test_the_live_feed_needs_the_admin_token_and_the_page_does_not(server_factory):
+    server = server_factory(dev=False)
+    base = server.admin_url.rstrip("/")
+    assert requests.get(f"{base}/dashboard", timeout=10).status_code == 200
+    refused = requests.get(f"{base}/v1/projects/p/telemetry:watch", timeout=10)
+    assert_error(refused, 401, "UNAUTHENTICATED")
+    ok = requests.get(f"{base}/v1/projects/p/telemetry", headers={"Authorization": f"Bearer {server.token}"},
+                      timeout=10)
+    assert ok.status_code == 200 and ok.json() == {"points": []}, ok.text

@@ -6,12 +6,14 @@
 //! - [`model`] is the anomaly model each (device, payload field) series gets.
 //! - [`runner`] finds the sink's subscriptions (id `perch-sink-…`, made by `perch telemetry sink
 //!   create`), pulls them and acknowledges a batch only once it is committed to disk.
+//! - [`dashboard`] serves the web page that charts it live (`/dashboard`).
 //! - [`rest`] serves `GET /v1/projects/{p}/telemetry` and `…/anomalies` on the admin listener.
 //!
 //! A subscription is the sink's cursor, so Pub/Sub's own tools apply: `seek` replays history
 //! into the store (duplicates are ignored by `(subscription, messageId)`), deleting the
 //! subscription stops the sink for that topic.
 
+pub mod dashboard;
 pub mod model;
 pub mod rest;
 pub mod runner;

@@ -2,6 +2,10 @@
 //! listener (Perch's own, behind the admin token): the newest points (or flagged readings) of a
 //! range, oldest first.
 //!
+//! `GET /v1/projects/{project}/telemetry:watch` streams, as server-sent events, each point
+//! (`event: point`) and anomaly (`event: anomaly`) as it is stored, filtered by `deviceId`,
+//! `registryId` and `subFolder` when given (the dashboard's live feed).
+//!
 //! Query parameters (both): `deviceId`, `registryId`, `subFolder`, `since` and `until` (RFC 3339;
 //! `since` inclusive, `until` exclusive), `pageSize` (default 1,000, at most 10,000). Answers
 //! `{"points": [Point…]}` and `{"anomalies": [Anomaly…]}`; errors are `google.rpc.Status` JSON like the rest of the admin API.
@@ -15,7 +19,10 @@ use chrono::{DateTime, Utc};
 use perch_core::ErrorCode;
 use serde::Deserialize;
 
-use crate::store::{QUERY_LIMIT_DEFAULT, Query, TelemetryStore};
+use crate::store::{QUERY_LIMIT_DEFAULT, Query, Stored, TelemetryStore};
+
+/// A comment line sent this often keeps idle watch streams (and proxies) open.
+const WATCH_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -33,6 +40,7 @@ pub fn router(store: TelemetryStore) -> Router {
     Router::new()
         .route("/v1/projects/{project}/telemetry", get(points))
         .route("/v1/projects/{project}/anomalies", get(anomalies))
+        .route("/v1/projects/{project}/telemetry:watch", get(watch))
         .with_state(store)
 }
 
@@ -115,4 +123,59 @@ async fn anomalies(
         Ok(q) => answer("anomalies", move || store.anomalies(&q)).await,
         Err(r) => r,
     }
+}
+
+async fn watch(
+    State(store): State<TelemetryStore>,
+    Path(project): Path<String>,
+    params: Result<QueryParams<Params>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use tokio::sync::broadcast::error::RecvError;
+
+    let q = match parse(project, params) {
+        Ok(q) => q,
+        Err(r) => return r,
+    };
+    let wanted =
+        move |project: &str, device: Option<&str>, registry: Option<&str>, sub: Option<&str>| {
+            project == q.project
+                && q.device_id.as_deref().is_none_or(|d| device == Some(d))
+                && q.registry_id.as_deref().is_none_or(|r| registry == Some(r))
+                && q.sub_folder.as_deref().is_none_or(|s| sub == Some(s))
+        };
+    let events = futures::stream::unfold(store.watch(), move |mut rx| {
+        let wanted = wanted.clone();
+        async move {
+            loop {
+                let event = match rx.recv().await {
+                    Ok(Stored::Point { project, point }) => wanted(
+                        &project,
+                        point.device_id.as_deref(),
+                        point.device_registry_id.as_deref(),
+                        point.sub_folder.as_deref(),
+                    )
+                    .then(|| Event::default().event("point").json_data(&point)),
+                    Ok(Stored::Anomaly { project, anomaly }) => wanted(
+                        &project,
+                        Some(&anomaly.device_id),
+                        anomaly.device_registry_id.as_deref(),
+                        anomaly.sub_folder.as_deref(),
+                    )
+                    .then(|| Event::default().event("anomaly").json_data(&anomaly)),
+                    // Too slow to keep up: say so, and go on from the newest.
+                    Err(RecvError::Lagged(missed)) => Some(Ok(Event::default()
+                        .event("lagged")
+                        .data(missed.to_string()))),
+                    Err(RecvError::Closed) => return None,
+                };
+                if let Some(event) = event {
+                    return Some((event, rx));
+                }
+            }
+        }
+    });
+    Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(WATCH_KEEP_ALIVE))
+        .into_response()
 }

@@ -121,6 +121,42 @@ pub struct Point {
     pub json: Option<serde_json::Value>,
 }
 
+impl Point {
+    /// A point as queries return it, from its stored parts.
+    fn new(
+        message_id: u64,
+        publish_time: DateTime<Utc>,
+        topic: String,
+        attributes: BTreeMap<String, String>,
+        data: &[u8],
+    ) -> Point {
+        let a = |k: &str| attributes.get(k).cloned();
+        Point {
+            message_id: message_id.to_string(),
+            publish_time,
+            topic,
+            device_id: a("deviceId"),
+            device_num_id: a("deviceNumId"),
+            device_registry_id: a("deviceRegistryId"),
+            device_registry_location: a("deviceRegistryLocation"),
+            sub_folder: a("subFolder"),
+            json: serde_json::from_slice(data).ok(),
+            data: STANDARD.encode(data),
+            attributes,
+        }
+    }
+
+    fn from_row(r: &Row) -> Point {
+        Point::new(
+            r.message_id,
+            r.publish_time,
+            r.topic.clone(),
+            r.attributes.clone(),
+            &r.data,
+        )
+    }
+}
+
 /// A reading an anomaly model flagged (JSON: camelCase).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -142,10 +178,21 @@ pub struct Anomaly {
     pub z: f64,
 }
 
+/// What the store announces once a batch is committed (the dashboard's live feed).
+#[derive(Debug, Clone)]
+pub enum Stored {
+    Point { project: String, point: Point },
+    Anomaly { project: String, anomaly: Anomaly },
+}
+
+/// Announcements buffered per live watcher; a watcher further behind skips ahead.
+pub const LIVE_BUFFER: usize = 4_096;
+
 /// The telemetry file; cheap to clone. Calls block: run them off the async workers.
 #[derive(Debug, Clone)]
 pub struct TelemetryStore {
     conn: Arc<Mutex<Connection>>,
+    live: tokio::sync::broadcast::Sender<Stored>,
 }
 
 impl TelemetryStore {
@@ -158,7 +205,13 @@ impl TelemetryStore {
         conn.execute_batch(SCHEMA)?;
         Ok(TelemetryStore {
             conn: Arc::new(Mutex::new(conn)),
+            live: tokio::sync::broadcast::channel(LIVE_BUFFER).0,
         })
+    }
+
+    /// Everything stored from now on, as it is committed.
+    pub fn watch(&self) -> tokio::sync::broadcast::Receiver<Stored> {
+        self.live.subscribe()
     }
 
     fn conn(&self) -> Result<std::sync::MutexGuard<'_, Connection>> {
@@ -173,6 +226,7 @@ impl TelemetryStore {
         let mut conn = self.conn()?;
         let txn = conn.transaction()?;
         let mut added = 0;
+        let mut announced = Vec::new();
         {
             let mut stmt = txn.prepare_cached(
                 "INSERT OR IGNORE INTO telemetry (subscription, message_id, project, topic,
@@ -198,12 +252,26 @@ impl TelemetryStore {
                 ])?;
                 // A message seen before (redelivery, replay) was judged already.
                 if inserted == 1 {
-                    judge(&txn, r)?;
+                    let flagged = judge(&txn, r)?;
+                    if self.live.receiver_count() > 0 {
+                        announced.push(Stored::Point {
+                            project: r.project.clone(),
+                            point: Point::from_row(r),
+                        });
+                        announced.extend(flagged.into_iter().map(|anomaly| Stored::Anomaly {
+                            project: r.project.clone(),
+                            anomaly,
+                        }));
+                    }
                 }
                 added += inserted;
             }
         }
         txn.commit()?;
+        for event in announced {
+            // No watcher left: nothing to tell.
+            let _ = self.live.send(event);
+        }
         Ok(added)
     }
 
@@ -242,29 +310,22 @@ impl TelemetryStore {
     pub fn query(&self, q: &Query) -> Result<Vec<Point>> {
         let (filter, args) = where_clause(q);
         let sql = format!(
-            "SELECT message_id, publish_time_ms, topic, device_id, device_num_id,
-                    device_registry_id, device_registry_location, sub_folder, attributes, data
+            "SELECT message_id, publish_time_ms, topic, data, attributes
              FROM telemetry {filter} ORDER BY publish_time_ms DESC, id DESC LIMIT ?"
         );
         let conn = self.conn()?;
         let mut stmt = conn.prepare_cached(&sql)?;
         let mut points = stmt
             .query_map(rusqlite::params_from_iter(args), |row| {
-                let data: Vec<u8> = row.get(9)?;
-                let attributes: String = row.get(8)?;
-                Ok(Point {
-                    message_id: row.get::<_, i64>(0)?.to_string(),
-                    publish_time: millis(row.get(1)?),
-                    topic: row.get(2)?,
-                    device_id: row.get(3)?,
-                    device_num_id: row.get(4)?,
-                    device_registry_id: row.get(5)?,
-                    device_registry_location: row.get(6)?,
-                    sub_folder: row.get(7)?,
-                    attributes: serde_json::from_str(&attributes).unwrap_or_default(),
-                    json: serde_json::from_slice(&data).ok(),
-                    data: STANDARD.encode(&data),
-                })
+                let data: Vec<u8> = row.get(3)?;
+                let attributes: String = row.get(4)?;
+                Ok(Point::new(
+                    row.get::<_, i64>(0)? as u64,
+                    millis(row.get(1)?),
+                    row.get(2)?,
+                    serde_json::from_str(&attributes).unwrap_or_default(),
+                    &data,
+                ))
             })?
             .collect::<rusqlite::Result<Vec<Point>>>()?;
         points.reverse();
@@ -302,10 +363,12 @@ fn where_clause(q: &Query) -> (String, Vec<rusqlite::types::Value>) {
     (sql, args)
 }
 
-/// Runs the anomaly models of a newly stored row's numeric fields, inside its transaction.
-fn judge(txn: &rusqlite::Transaction<'_>, r: &Row) -> Result<()> {
+/// Runs the anomaly models of a newly stored row's numeric fields, inside its transaction;
+/// returns what they flagged.
+fn judge(txn: &rusqlite::Transaction<'_>, r: &Row) -> Result<Vec<Anomaly>> {
+    let mut flagged = Vec::new();
     let Some(device) = r.attributes.get("deviceId") else {
-        return Ok(());
+        return Ok(flagged);
     };
     let registry = r.attributes.get("deviceRegistryId");
     let sub_folder = r.attributes.get("subFolder");
@@ -352,13 +415,25 @@ fn judge(txn: &rusqlite::Transaction<'_>, r: &Row) -> Result<()> {
                 o.std,
                 o.z,
             ])?;
+            flagged.push(Anomaly {
+                message_id: r.message_id.to_string(),
+                publish_time: r.publish_time,
+                device_id: device.clone(),
+                device_registry_id: registry.cloned(),
+                sub_folder: sub_folder.cloned(),
+                field: field.clone(),
+                value,
+                mean: o.mean,
+                std: o.std,
+                z: o.z,
+            });
         }
         txn.prepare_cached(
             "INSERT OR REPLACE INTO series (key, count, mean, var) VALUES (?1, ?2, ?3, ?4)",
         )?
         .execute(params![key, series.count as i64, series.mean, series.var])?;
     }
-    Ok(())
+    Ok(flagged)
 }
 
 #[cfg(test)]

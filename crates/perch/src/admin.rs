@@ -1,5 +1,5 @@
 //! The admin surface: the router on `--admin` (cloudiot and Pub/Sub REST, telemetry queries,
-//! discovery, `/healthz`)
+//! the dashboard, discovery, `/healthz`)
 //! and the one on `--grpc` (DeviceManager, Publisher, Subscriber), each behind the admin token unless the server runs `--dev`.
 
 use std::sync::Arc;
@@ -107,6 +107,7 @@ pub fn rest_router(
     Router::new()
         .route("/healthz", get(healthz))
         .merge(rest::discovery_router())
+        .merge(perch_sink::dashboard::router())
         .merge(protected)
         .fallback(|request: Request| async move {
             rest::status_response(&tonic::Status::not_found(format!(
