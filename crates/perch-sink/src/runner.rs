@@ -50,7 +50,12 @@ impl Sink {
                     .rsplit('/')
                     .next()
                     .is_some_and(|id| id.starts_with(SINK_SUBSCRIPTION_PREFIX));
-                if is_sink && !pullers.contains_key(&name) {
+                let active = || {
+                    self.pubsub
+                        .get_subscription(&name)
+                        .is_ok_and(|c| !c.detached)
+                };
+                if is_sink && !pullers.contains_key(&name) && active() {
                     tracing::info!(subscription = %name, "telemetry sink following");
                     let task = tokio::spawn(self.clone().follow(name.clone(), shutdown.clone()));
                     pullers.insert(name, task);
@@ -75,8 +80,14 @@ impl Sink {
             };
             let deliveries = match pulled {
                 Ok(d) => d,
-                Err(e) if e.code() == ErrorCode::NotFound => {
-                    tracing::info!(subscription = %name, "telemetry sink subscription is gone");
+                // Deleted, or detached from its topic: nothing more will come.
+                Err(e)
+                    if matches!(
+                        e.code(),
+                        ErrorCode::NotFound | ErrorCode::FailedPrecondition
+                    ) =>
+                {
+                    tracing::info!(subscription = %name, reason = %e, "telemetry sink stops following");
                     return;
                 }
                 Err(e) => {
