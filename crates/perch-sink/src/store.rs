@@ -191,7 +191,10 @@ pub const LIVE_BUFFER: usize = 4_096;
 /// The telemetry file; cheap to clone. Calls block: run them off the async workers.
 #[derive(Debug, Clone)]
 pub struct TelemetryStore {
+    /// The sink's writes.
     conn: Arc<Mutex<Connection>>,
+    /// Queries, on a connection of their own: in WAL mode they never wait for a write.
+    reader: Arc<Mutex<Connection>>,
     live: tokio::sync::broadcast::Sender<Stored>,
 }
 
@@ -203,8 +206,14 @@ impl TelemetryStore {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        let reader = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        reader.busy_timeout(std::time::Duration::from_secs(5))?;
         Ok(TelemetryStore {
             conn: Arc::new(Mutex::new(conn)),
+            reader: Arc::new(Mutex::new(reader)),
             live: tokio::sync::broadcast::channel(LIVE_BUFFER).0,
         })
     }
@@ -218,6 +227,12 @@ impl TelemetryStore {
         self.conn
             .lock()
             .map_err(|_| Error::Other("a writer panicked while holding the store".into()))
+    }
+
+    fn reader(&self) -> Result<std::sync::MutexGuard<'_, Connection>> {
+        self.reader
+            .lock()
+            .map_err(|_| Error::Other("a query panicked while holding the store".into()))
     }
 
     /// Stores a batch in one durable transaction; a message already stored (same subscription
@@ -284,7 +299,7 @@ impl TelemetryStore {
                     value, mean, std, z
              FROM anomalies {filter} ORDER BY publish_time_ms DESC, id DESC LIMIT ?"
         );
-        let conn = self.conn()?;
+        let conn = self.reader()?;
         let mut stmt = conn.prepare_cached(&sql)?;
         let mut found = stmt
             .query_map(rusqlite::params_from_iter(args), |row| {
@@ -313,7 +328,7 @@ impl TelemetryStore {
             "SELECT message_id, publish_time_ms, topic, data, attributes
              FROM telemetry {filter} ORDER BY publish_time_ms DESC, id DESC LIMIT ?"
         );
-        let conn = self.conn()?;
+        let conn = self.reader()?;
         let mut stmt = conn.prepare_cached(&sql)?;
         let mut points = stmt
             .query_map(rusqlite::params_from_iter(args), |row| {
