@@ -188,3 +188,45 @@ def test_the_live_feed_needs_the_admin_token_and_the_page_does_not(server_factor
     ok = requests.get(f"{base}/v1/projects/p/telemetry", headers={"Authorization": f"Bearer {server.token}"},
                       timeout=10)
     assert ok.status_code == 200 and ok.json() == {"points": []}, ok.text
+
+
+def metric(text: str, name: str, **labels) -> float:
+    """The value of one series in Prometheus text format (0 when absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    series = f"{name}{{{want}}}" if want else name
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_metrics_count_connections_events_and_sink_rows(seed):
+    base = seed.world.server.admin_url.rstrip("/")
+    before = requests.get(f"{base}/metrics", timeout=10)
+    assert before.status_code == 200 and before.headers["content-type"].startswith("text/plain"), before.text[:200]
+    project = seed.world.project
+    seed.ps.subscriber.create_subscription(
+        request={"name": f"projects/{project}/subscriptions/perch-sink-temperature",
+                 "topic": f"projects/{project}/topics/temperature"},
+        timeout=REQUEST_TIMEOUT)
+    device = seed.device(unique("pi"))
+    client = seed.world.connected(device)
+    for i in range(3):
+        client.publish_acked(device.events("temperature"), json.dumps({"temperature_c": 20 + i}).encode())
+    wait_points(seed.admin, project, 3, "the readings in the sink", deviceId=device.id)
+    after = requests.get(f"{base}/metrics", timeout=10).text
+    grew = lambda name, by, **labels: metric(after, name, **labels) - metric(before.text, name, **labels) >= by  # noqa
+    assert grew("perch_mqtt_connects_total", 1, result="accepted"), after
+    assert grew("perch_device_events_total", 3, bridge="mqtt"), after
+    assert grew("perch_pubsub_messages_published_total", 3), after
+    assert grew("perch_sink_rows_total", 3), after
+    assert metric(after, "perch_mqtt_sessions") >= 1, after
+    assert "perch_store_group_commit_writes" in after, after
+
+
+def test_metrics_need_the_admin_token(server_factory):
+    server = server_factory(dev=False)
+    base = server.admin_url.rstrip("/")
+    assert_error(requests.get(f"{base}/metrics", timeout=10), 401, "UNAUTHENTICATED")
+    ok = requests.get(f"{base}/metrics", headers={"Authorization": f"Bearer {server.token}"}, timeout=10)
+    assert ok.status_code == 200, ok.text

@@ -553,6 +553,7 @@ impl PubsubService {
             check_message(i, m)?;
         }
         let appended = self.inner.log.append(uid, messages).await?;
+        metrics::counter!("perch_pubsub_messages_published_total").increment(appended.len() as u64);
         Ok(Published {
             message_ids: appended.iter().map(|a| a.seq.to_string()).collect(),
         })
@@ -906,6 +907,8 @@ impl PubsubService {
             self.forward_dead_letters(&sub_name, &policy.topic, taken.dead_letters)
                 .await;
         }
+        metrics::counter!("perch_pubsub_messages_delivered_total")
+            .increment(taken.deliveries.len() as u64);
         Ok(taken.deliveries)
     }
 
@@ -1020,6 +1023,8 @@ impl PubsubService {
             }
         }
         sub.changed.notify_waiters();
+        metrics::counter!("perch_pubsub_messages_acked_total")
+            .increment((ack_ids.len() - refused.len()) as u64);
         Ok(refused)
     }
 

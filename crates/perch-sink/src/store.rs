@@ -242,6 +242,7 @@ impl TelemetryStore {
         let txn = conn.transaction()?;
         let mut added = 0;
         let mut announced = Vec::new();
+        let mut anomalies = 0;
         {
             let mut stmt = txn.prepare_cached(
                 "INSERT OR IGNORE INTO telemetry (subscription, message_id, project, topic,
@@ -268,6 +269,7 @@ impl TelemetryStore {
                 // A message seen before (redelivery, replay) was judged already.
                 if inserted == 1 {
                     let flagged = judge(&txn, r)?;
+                    anomalies += flagged.len();
                     if self.live.receiver_count() > 0 {
                         announced.push(Stored::Point {
                             project: r.project.clone(),
@@ -283,6 +285,8 @@ impl TelemetryStore {
             }
         }
         txn.commit()?;
+        metrics::counter!("perch_sink_rows_total").increment(added as u64);
+        metrics::counter!("perch_anomalies_total").increment(anomalies as u64);
         for event in announced {
             // No watcher left: nothing to tell.
             let _ = self.live.send(event);

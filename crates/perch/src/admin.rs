@@ -1,5 +1,5 @@
 //! The admin surface: the router on `--admin` (cloudiot and Pub/Sub REST, telemetry queries,
-//! the dashboard, discovery, `/healthz`)
+//! the dashboard, discovery, `/healthz`, `/metrics`)
 //! and the one on `--grpc` (DeviceManager, Publisher, Subscriber), each behind the admin token unless the server runs `--dev`.
 
 use std::sync::Arc;
@@ -103,6 +103,7 @@ pub fn rest_router(
     let protected = rest::router(devices)
         .merge(perch_pubsub::api::rest::router(pubsub))
         .merge(perch_sink::rest::router(telemetry))
+        .merge(crate::scrape::router())
         .layer(middleware::from_fn_with_state(auth, require_token_rest));
     Router::new()
         .route("/healthz", get(healthz))

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod cli;
 pub mod datadir;
 pub mod http_server;
+pub mod scrape;
 pub mod serve;
 pub mod tls;
 

@@ -134,6 +134,7 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
     let (session, rx) = match handshake(&bridge, &connect).await {
         Ok(s) => s,
         Err((code, reason)) => {
+            metrics::counter!("perch_mqtt_connects_total", "result" => "refused").increment(1);
             tracing::debug!(%peer, client_id = %connect.client_id, code, reason, "connection refused");
             let _ = wire
                 .send(&Packet::ConnAck(ConnAck {
@@ -158,7 +159,11 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
     wire.max_packet_bytes = bridge.options.max_packet_bytes;
     tracing::debug!(%peer, device = %session.identity().device_id, "device connected");
     let identity = session.identity().clone();
+    metrics::counter!("perch_mqtt_connects_total", "result" => "accepted").increment(1);
+    let live = metrics::gauge!("perch_mqtt_sessions");
+    live.increment(1.0);
     let closing = session.run(&bridge, &mut wire, rx).await;
+    live.decrement(1.0);
     if let Closing(Some((code, message))) = closing {
         tracing::debug!(%peer, device = %identity.device_id, code = %code, reason = %message, "device disconnected");
         record_error(&bridge, &identity, code, message).await;

@@ -412,6 +412,7 @@ impl Session {
                         format!("mqtt: the telemetry could not be published to `{topic}`: {e}"),
                     ));
                 }
+                metrics::counter!("perch_device_events_total", "bridge" => "mqtt").increment(1);
                 bridge
                     .activity
                     .event(&identity.registry, identity.num_id, Utc::now());

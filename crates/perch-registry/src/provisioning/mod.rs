@@ -752,6 +752,11 @@ impl ProvisioningService {
                 self.store_refusal(registry, &decision).await?;
             }
         }
+        metrics::counter!(
+            "perch_provisioning_decisions_total",
+            "reason" => decision.reason.map(Reason::as_str).unwrap_or("ALLOWED"),
+        )
+        .increment(1);
         tracing::info!(
             registry = %registry, bootstrap = bootstrap_id, device = %decision.claims.device_id,
             decision = %decision.decision, reason = decision.reason.map(Reason::as_str).unwrap_or(""),

@@ -125,6 +125,7 @@ fn writer(db: &Database, queue: &mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
+        metrics::histogram!("perch_store_group_commit_writes").record(batch.len() as f64);
         if batch.len() == 1 {
             if let Some(answer) = run_job(batch.pop().expect("one job"), db, Durability::Immediate)
             {
