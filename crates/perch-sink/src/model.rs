@@ -1,4 +1,5 @@
-//! Anomaly models: one per series — (project, device, subfolder, numeric payload field) — an
+//! Anomaly models: one per series — (sink subscription, registry, device, subfolder, numeric
+//! payload field) — an
 //! exponentially weighted mean and variance of what the device reported. A reading more than
 //! `THRESHOLD_SIGMAS` standard deviations from the mean, once the series has `WARM_UP` readings,
 //! is an anomaly (a DS18B20's 85 °C power-on glitch among 21 °C readings, a sensor unplugged,

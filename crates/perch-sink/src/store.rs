@@ -392,9 +392,11 @@ fn judge(txn: &rusqlite::Transaction<'_>, r: &Row) -> Result<Vec<Anomaly>> {
     let registry = r.attributes.get("deviceRegistryId");
     let sub_folder = r.attributes.get("subFolder");
     for (field, value) in numeric_fields(&r.data) {
+        // Per sink subscription: a second one (say, replaying history from the start) learns its
+        // own models instead of feeding the same readings to the first one's again.
         let key = format!(
             "{}/{}/{device}/{}/{field}",
-            r.project,
+            r.subscription,
             registry.map_or("", String::as_str),
             sub_folder.map_or("", String::as_str)
         );
