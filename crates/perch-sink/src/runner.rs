@@ -23,16 +23,46 @@ const PULL_BATCH: usize = 1_000;
 /// Pause after a failed pull or write before trying again.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
+/// How often rows past the retention period are deleted.
+const PURGE_INTERVAL: Duration = Duration::from_secs(3600);
+
 /// The sink of one server.
 #[derive(Debug, Clone)]
 pub struct Sink {
     pubsub: PubsubService,
     store: TelemetryStore,
+    /// Rows older than this are deleted (None: kept forever).
+    retention: Option<Duration>,
 }
 
 impl Sink {
     pub fn new(pubsub: PubsubService, store: TelemetryStore) -> Sink {
-        Sink { pubsub, store }
+        Sink {
+            pubsub,
+            store,
+            retention: None,
+        }
+    }
+
+    /// Deletes telemetry and anomalies older than `retention`, at start and every hour.
+    pub fn with_retention(mut self, retention: Option<Duration>) -> Sink {
+        self.retention = retention;
+        self
+    }
+
+    fn spawn_purge(&self) {
+        let Some(retention) = self.retention else {
+            return;
+        };
+        let Ok(age) = chrono::Duration::from_std(retention) else {
+            return;
+        };
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || match store.purge_before(chrono::Utc::now() - age) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "telemetry past its retention deleted"),
+            Err(e) => tracing::warn!(error = %e, "telemetry retention failed; will retry"),
+        });
     }
 
     pub fn store(&self) -> &TelemetryStore {
@@ -43,7 +73,13 @@ impl Sink {
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
         let mut pullers: HashMap<String, JoinHandle<()>> = HashMap::new();
         let mut stop = shutdown.clone();
+        let mut purged = tokio::time::Instant::now();
+        self.spawn_purge();
         loop {
+            if purged.elapsed() >= PURGE_INTERVAL {
+                purged = tokio::time::Instant::now();
+                self.spawn_purge();
+            }
             pullers.retain(|_, task| !task.is_finished());
             for name in self.pubsub.subscription_names() {
                 let is_sink = name

@@ -22,6 +22,8 @@ use crate::{Error, Result};
 
 /// Most points one query returns.
 pub const QUERY_LIMIT_MAX: usize = 10_000;
+/// Rows one retention delete removes before letting the sink write again.
+const PURGE_SLICE: usize = 5_000;
 /// Points a query returns when it names no limit.
 pub const QUERY_LIMIT_DEFAULT: usize = 1_000;
 
@@ -294,6 +296,31 @@ impl TelemetryStore {
         Ok(added)
     }
 
+    /// Deletes telemetry and anomalies published before `cutoff` (retention), a slice at a time
+    /// so the sink's writes are never held up for long; returns the telemetry rows deleted.
+    pub fn purge_before(&self, cutoff: DateTime<Utc>) -> Result<usize> {
+        let ms = cutoff.timestamp_millis();
+        let mut deleted = 0;
+        for table in ["telemetry", "anomalies"] {
+            loop {
+                let n = self.conn()?.execute(
+                    &format!(
+                        "DELETE FROM {table} WHERE id IN
+                           (SELECT id FROM {table} WHERE publish_time_ms < ?1 LIMIT {PURGE_SLICE})"
+                    ),
+                    params![ms],
+                )?;
+                if table == "telemetry" {
+                    deleted += n;
+                }
+                if n < PURGE_SLICE {
+                    break;
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
     /// What the anomaly models flagged, newest `q.limit` of the range, oldest first
     /// (`registry_id` and `sub_folder` filter as in [`TelemetryStore::query`]).
     pub fn anomalies(&self, q: &Query) -> Result<Vec<Anomaly>> {
@@ -514,6 +541,31 @@ mod tests {
             ..q
         };
         assert!(store.anomalies(&other).unwrap().is_empty());
+    }
+
+    #[test]
+    fn retention_deletes_only_what_is_older_than_the_cutoff() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TelemetryStore::open(&dir.path().join("t.sqlite")).unwrap();
+        let rows: Vec<Row> = (1..=12_000)
+            .map(|i| row("s", i, "pi-1", i as i64 * 1000, "{}"))
+            .collect();
+        store.insert(&rows).unwrap();
+        let cutoff = Utc.timestamp_millis_opt(11_000 * 1000).unwrap();
+        assert_eq!(store.purge_before(cutoff).unwrap(), 10_999);
+        let q = Query {
+            project: "p".into(),
+            limit: QUERY_LIMIT_MAX,
+            ..Default::default()
+        };
+        let left: Vec<String> = store
+            .query(&q)
+            .unwrap()
+            .into_iter()
+            .map(|p| p.message_id)
+            .collect();
+        assert_eq!(left.len(), 1_001);
+        assert_eq!(left[0], "11000");
     }
 
     #[test]

@@ -79,6 +79,9 @@ struct ServeArgs {
     /// closes it with RESOURCE_EXHAUSTED
     #[arg(long, default_value_t = 100.0, value_parser = positive_seconds)]
     telemetry_rate: f64,
+    /// Days the telemetry sink keeps rows and anomalies (0: forever)
+    #[arg(long, default_value_t = 0)]
+    telemetry_retention_days: u32,
     /// PostgreSQL registry (scale-out; not built yet)
     #[arg(long)]
     postgres: Option<String>,
@@ -157,6 +160,9 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
             telemetry_burst: 2.0 * args.telemetry_rate,
             ..Default::default()
         },
+        telemetry_retention: (args.telemetry_retention_days > 0).then(|| {
+            std::time::Duration::from_secs(u64::from(args.telemetry_retention_days) * 86_400)
+        }),
     };
     perch::serve(config, data_dir, listeners, shutdown_signal()).await
 }

@@ -33,6 +33,8 @@ pub struct ServeConfig {
     pub insecure_admin: bool,
     /// Limits and timeouts of the device bridges.
     pub bridge: BridgeOptions,
+    /// How long the telemetry sink keeps rows (None: forever).
+    pub telemetry_retention: Option<std::time::Duration>,
 }
 
 /// Listeners bound by the caller (port 0 in tests). The device listeners are optional so that
@@ -114,8 +116,11 @@ pub async fn serve(
                 data_dir.path().display()
             )
         })?;
-    let sink_task =
-        tokio::spawn(perch_sink::Sink::new(pubsub.clone(), telemetry.clone()).run(stop_rx.clone()));
+    let sink_task = tokio::spawn(
+        perch_sink::Sink::new(pubsub.clone(), telemetry.clone())
+            .with_retention(config.telemetry_retention)
+            .run(stop_rx.clone()),
+    );
     let bridge = Bridge::new(
         registry,
         pubsub.clone(),

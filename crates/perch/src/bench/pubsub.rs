@@ -1054,6 +1054,7 @@ mod tests {
             tls_sans: Vec::new(),
             insecure_admin: false,
             bridge: Default::default(),
+            telemetry_retention: None,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(crate::serve(config, data_dir, listeners, async {

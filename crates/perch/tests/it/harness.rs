@@ -110,6 +110,7 @@ impl TestServer {
             tls_sans: vec![],
             insecure_admin: false,
             bridge: Default::default(),
+            telemetry_retention: None,
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (done_tx, done_rx) = mpsc::channel();
