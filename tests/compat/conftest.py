@@ -120,6 +120,17 @@ def server_factory(tmp_path):
 
 
 @pytest.fixture
+def private_ps(server_factory, project, monkeypatch):
+    """Google's Pub/Sub clients on a private dev server of the test's own (for restarts and SIGKILL)."""
+    from pubsub_helpers import PubSub
+
+    server = server_factory(dev=True)
+    client = PubSub(server, project, monkeypatch)
+    yield client
+    client.close()
+
+
+@pytest.fixture
 def live_dev_server(dev_server):
     dev_server.assert_running()
     yield dev_server

@@ -56,15 +56,6 @@ def ps(live_dev_server, project, monkeypatch):
 
 
 @pytest.fixture
-def private_ps(server_factory, project, monkeypatch):
-    """Clients on a private dev server of the test's own (for restarts and SIGKILL)."""
-    server = server_factory(dev=True)
-    client = PubSub(server, project, monkeypatch)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def push_endpoint():
     endpoints: list[PushEndpoint] = []
 

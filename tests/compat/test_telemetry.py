@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from device_helpers import AdminRest, assert_error, unique, wait_until
-from pubsub_helpers import REQUEST_TIMEOUT, PubSub
+from pubsub_helpers import REQUEST_TIMEOUT
 
 pytestmark = pytest.mark.filterwarnings("ignore:ssl.PROTOCOL_TLSv1_2 is deprecated:DeprecationWarning")
 
@@ -64,16 +64,8 @@ def test_streamed_temperatures_are_kept_with_trusted_attributes_and_queryable(se
     assert "RFC 3339" in assert_error(bad, 400, "INVALID_ARGUMENT")
 
 
-@pytest.fixture
-def private(server_factory, project, monkeypatch):
-    server = server_factory(dev=True)
-    ps = PubSub(server, project, monkeypatch)
-    yield ps
-    ps.close()
-
-
-def test_the_store_survives_a_restart_and_a_replay_adds_no_duplicates(private):
-    ps = private
+def test_the_store_survives_a_restart_and_a_replay_adds_no_duplicates(private_ps):
+    ps = private_ps
     topic = ps.create_topic(unique("readings"))
     sink = ps.create_subscription("perch-sink-readings", topic)
     admin = lambda: AdminRest(ps.server.admin_url)  # noqa: E731 (the port changes on restart)

@@ -245,6 +245,7 @@ async fn serve(
                         format!("the telemetry could not be published to `{topic}`: {e}"),
                     )
                 })?;
+            metrics::counter!("perch_device_events_total", "bridge" => "http").increment(1);
             bridge
                 .activity
                 .event(&identity.registry, identity.num_id, Utc::now());
