@@ -145,6 +145,14 @@ pub struct DeviceListQuery {
     pub page_token: String,
 }
 
+/// A bridge's bookkeeping change as a store update: it cannot refuse.
+fn bookkeeping(update: Box<dyn FnOnce(&mut Device) + Send>) -> perch_store::DeviceUpdate {
+    Box::new(move |d: &mut Device| {
+        update(d);
+        Ok(())
+    })
+}
+
 /// The registry service.
 #[derive(Debug, Clone)]
 pub struct RegistryService {
@@ -360,11 +368,10 @@ impl RegistryService {
         device: &DeviceRef,
         update: Box<dyn FnOnce(&mut Device) + Send>,
     ) -> Result<Device> {
-        let update = Box::new(move |d: &mut Device| {
-            update(d);
-            Ok(())
-        });
-        Ok(self.store.update_device(registry, device, update).await?)
+        Ok(self
+            .store
+            .update_device(registry, device, bookkeeping(update))
+            .await?)
     }
 
     /// Activity times of many devices in one store transaction (the bridge's periodic flush).
@@ -375,13 +382,7 @@ impl RegistryService {
     ) -> Result<()> {
         let updates = updates
             .into_iter()
-            .map(|(registry, device, update)| {
-                let update: perch_store::DeviceUpdate = Box::new(move |d: &mut Device| {
-                    update(d);
-                    Ok(())
-                });
-                (registry, device, update)
-            })
+            .map(|(registry, device, update)| (registry, device, bookkeeping(update)))
             .collect();
         self.store.update_devices(updates).await?;
         Ok(())

@@ -161,7 +161,10 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug + 'static {
         value: Vec<u8>,
         create_only: bool,
     ) -> Result<()>;
-    async fn get_record(&self, kind: RecordKind, key: &str) -> Result<Option<Vec<u8>>>;
+    async fn get_record(&self, kind: RecordKind, key: &str) -> Result<Option<Vec<u8>>> {
+        let mut found = self.get_records(vec![(kind, key.to_owned())]).await?;
+        Ok(found.pop().flatten())
+    }
     /// Several records read in one snapshot, in the order asked.
     async fn get_records(&self, keys: Vec<(RecordKind, String)>) -> Result<Vec<Option<Vec<u8>>>>;
     /// Records whose key starts with `prefix`, in key order, at most `limit`.

@@ -724,22 +724,17 @@ impl Session {
     /// Answers DEADLINE_EXCEEDED for commands not PUBACKed in time; the connection stays.
     fn expire_commands(&mut self, options: &crate::BridgeOptions) {
         let now = Instant::now();
-        let late: Vec<u16> = self
+        let late = self
             .inflight_commands
-            .iter()
-            .filter(|(_, c)| c.sent + options.command_ack_timeout <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in late {
-            if let Some(pending) = self.inflight_commands.remove(&id) {
-                let _ = pending.reply.send(Err(Rejection::new(
-                    ErrorCode::DeadlineExceeded,
-                    format!(
-                        "the device did not acknowledge the command within {} s",
-                        options.command_ack_timeout.as_secs_f64()
-                    ),
-                )));
-            }
+            .extract_if(|_, c| c.sent + options.command_ack_timeout <= now);
+        for (_, pending) in late {
+            let _ = pending.reply.send(Err(Rejection::new(
+                ErrorCode::DeadlineExceeded,
+                format!(
+                    "the device did not acknowledge the command within {} s",
+                    options.command_ack_timeout.as_secs_f64()
+                ),
+            )));
         }
     }
 

@@ -121,22 +121,37 @@ fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T> {
     })
 }
 
-/// The key a request brings, parsed: credential to register and its fingerprint.
+/// A stored bootstrap's bytes after `change`: the read-modify-write every bootstrap update is.
+fn changed_bootstrap(
+    bytes: &[u8],
+    change: impl FnOnce(&mut Bootstrap) -> std::result::Result<(), Rejection>,
+) -> std::result::Result<Vec<u8>, Rejection> {
+    let internal = |e: serde_json::Error| Rejection::new(ErrorCode::Internal, e.to_string());
+    let mut b: Bootstrap = serde_json::from_slice(bytes).map_err(internal)?;
+    change(&mut b)?;
+    serde_json::to_vec(&b).map_err(internal)
+}
+
 /// A record update that bumps a counter of a stored bootstrap (none stored: nothing to count).
 fn bump_bootstrap(bump: fn(&mut Bootstrap)) -> RecordUpdate {
     Box::new(move |current: Option<Vec<u8>>| {
-        let Some(bytes) = current else {
-            return Ok(None);
-        };
-        let mut b: Bootstrap = serde_json::from_slice(&bytes)
-            .map_err(|e| Rejection::new(ErrorCode::Internal, e.to_string()))?;
-        bump(&mut b);
-        serde_json::to_vec(&b)
-            .map(Some)
-            .map_err(|e| Rejection::new(ErrorCode::Internal, e.to_string()))
+        current
+            .map(|bytes| {
+                changed_bootstrap(&bytes, |b| {
+                    bump(b);
+                    Ok(())
+                })
+            })
+            .transpose()
     })
 }
 
+/// A record update that writes `bytes` whatever was there.
+fn put(bytes: Vec<u8>) -> RecordUpdate {
+    Box::new(move |_| Ok(Some(bytes)))
+}
+
+/// The key a request brings, parsed: credential to register and its fingerprint.
 fn request_credential(
     request: &ProvisionRequest,
 ) -> std::result::Result<(DeviceCredential, String), (Reason, String)> {
@@ -454,12 +469,11 @@ impl ProvisioningService {
             let bytes = current.ok_or_else(|| {
                 Rejection::not_found(format!("bootstrap credential `{id_owned}` does not exist"))
             })?;
-            let mut b: Bootstrap = serde_json::from_slice(&bytes)
-                .map_err(|e| Rejection::new(ErrorCode::Internal, e.to_string()))?;
-            b.enabled = enabled;
-            serde_json::to_vec(&b)
-                .map(Some)
-                .map_err(|e| Rejection::new(ErrorCode::Internal, e.to_string()))
+            changed_bootstrap(&bytes, |b| {
+                b.enabled = enabled;
+                Ok(())
+            })
+            .map(Some)
         });
         let written = self
             .store()
@@ -541,11 +555,10 @@ impl ProvisioningService {
         // One transaction for the whole import: all entries or none.
         let mut puts: Vec<(RecordKind, String, RecordUpdate)> = Vec::with_capacity(entries.len());
         for e in &entries {
-            let bytes = encode(e)?;
             puts.push((
                 RecordKind::PolicyEntry,
                 entry_key(registry, e.list, e.kind, &e.value),
-                Box::new(move |_| Ok(Some(bytes))),
+                put(encode(e)?),
             ));
         }
         self.store().update_records(puts).await?;
@@ -767,19 +780,17 @@ impl ProvisioningService {
 
     /// Stores a refusal and counts it on its bootstrap, in one commit.
     async fn store_refusal(&self, registry: &RegistryName, d: &Decision) -> Result<()> {
-        let count = bump_bootstrap(|b| b.refused += 1);
-        let bytes = encode(d)?;
         self.store()
             .update_records(vec![
                 (
                     RecordKind::Bootstrap,
                     bootstrap_key(registry, &d.bootstrap),
-                    count,
+                    bump_bootstrap(|b| b.refused += 1),
                 ),
                 (
                     RecordKind::Decision,
                     Self::decision_key(registry, d),
-                    Box::new(move |_| Ok(Some(bytes))),
+                    put(encode(d)?),
                 ),
             ])
             .await?;
@@ -965,13 +976,7 @@ impl ProvisioningService {
             credential = certificate_credential(&credential, certificate.clone());
             decision.certificate = Some(certificate);
         }
-        let provisioned = provisioned_metadata(
-            &b.id,
-            &b.lot,
-            &request.claims,
-            &fingerprint,
-            BTreeMap::new(),
-        );
+        let provisioned = provisioned_metadata(&b.id, &b.lot, &request.claims, &fingerprint);
         if let Some(existing) = existing {
             // Rotation: the device keeps its id and numeric id and gets the new key.
             let device = self
@@ -987,15 +992,14 @@ impl ProvisioningService {
         device.metadata = provisioned;
         let reserve: perch_store::DeviceRecordUpdate = Box::new(|_, current| {
             let bytes = current.ok_or_else(|| Rejection::not_found("the bootstrap was deleted"))?;
-            let mut b: Bootstrap = serde_json::from_slice(&bytes)
-                .map_err(|e| Rejection::new(ErrorCode::Internal, e.to_string()))?;
-            if b.provisioned >= b.device_quota {
-                return Err(Rejection::new(ErrorCode::ResourceExhausted, "quota"));
-            }
-            b.provisioned += 1;
-            serde_json::to_vec(&b)
-                .map(Some)
-                .map_err(|e| Rejection::new(ErrorCode::Internal, e.to_string()))
+            changed_bootstrap(&bytes, |b| {
+                if b.provisioned >= b.device_quota {
+                    return Err(Rejection::new(ErrorCode::ResourceExhausted, "quota"));
+                }
+                b.provisioned += 1;
+                Ok(())
+            })
+            .map(Some)
         });
         let mut stored = decision.clone();
         let registry_name = registry.clone();
@@ -1131,7 +1135,6 @@ impl ProvisioningService {
             .map_err(|e| (Reason::Internal, e.to_string()))
     }
 
-    /// A certificate from Perch's CA for the request's CSR, when there is a CSR and a CA.
     /// A certificate from Perch's CA for a CSR request's key (`key_pem`, taken from the CSR whose
     /// signature `request_credential` verified); None for a request that sent a bare public key.
     fn certificate_for(
@@ -1161,6 +1164,14 @@ impl ProvisioningService {
         current: Option<Approval>,
     ) -> (Reason, String) {
         let device = &request.claims.device_id;
+        let pending = || {
+            (
+                Reason::PendingApproval,
+                format!(
+                    "re-provisioning device `{device}` waits for an operator's approval; retry later"
+                ),
+            )
+        };
         if let Some(a) = current.filter(|a| a.key_fingerprint == fingerprint) {
             match a.state {
                 ApprovalState::Denied => {
@@ -1171,14 +1182,7 @@ impl ProvisioningService {
                         ),
                     );
                 }
-                ApprovalState::Pending => {
-                    return (
-                        Reason::PendingApproval,
-                        format!(
-                            "re-provisioning device `{device}` waits for an operator's approval; retry later"
-                        ),
-                    );
-                }
+                ApprovalState::Pending => return pending(),
                 // Approved, yet the device no longer matches (blocked, or changed since): ask again.
                 ApprovalState::Approved => {}
             }
@@ -1208,15 +1212,10 @@ impl ProvisioningService {
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
-        if let Err(e) = stored {
-            return (Reason::Internal, e);
+        match stored {
+            Ok(()) => pending(),
+            Err(e) => (Reason::Internal, e),
         }
-        (
-            Reason::PendingApproval,
-            format!(
-                "re-provisioning device `{device}` waits for an operator's approval; retry later"
-            ),
-        )
     }
 
     /// Approvals of a registry, optionally only those in one state.
@@ -1307,13 +1306,8 @@ impl ProvisioningService {
             };
             let existing = self.registry.get_device(&name).await?;
             let lot = existing.metadata.get("lot").cloned().unwrap_or_default();
-            let provisioned = provisioned_metadata(
-                &approval.bootstrap,
-                &lot,
-                &approval.claims,
-                &fingerprint,
-                BTreeMap::new(),
-            );
+            let provisioned =
+                provisioned_metadata(&approval.bootstrap, &lot, &approval.claims, &fingerprint);
             let device = self
                 .rotate(&name, credential, provisioned, existing.metadata)
                 .await
@@ -1330,19 +1324,13 @@ impl ProvisioningService {
             ApprovalState::Denied
         };
         approval.decide_time = Some(now);
-        let approval_bytes = encode(&approval)?;
-        let decision_bytes = encode(&decision)?;
         self.store()
             .update_records(vec![
-                (
-                    RecordKind::Approval,
-                    key,
-                    Box::new(move |_| Ok(Some(approval_bytes))),
-                ),
+                (RecordKind::Approval, key, put(encode(&approval)?)),
                 (
                     RecordKind::Decision,
                     Self::decision_key(registry, &decision),
-                    Box::new(move |_| Ok(Some(decision_bytes))),
+                    put(encode(&decision)?),
                 ),
             ])
             .await?;
@@ -1393,8 +1381,8 @@ fn provisioned_metadata(
     lot: &str,
     claims: &model::Claims,
     fingerprint: &str,
-    mut metadata: BTreeMap<String, String>,
 ) -> BTreeMap<String, String> {
+    let mut metadata = BTreeMap::new();
     metadata.insert("provisionedBy".into(), bootstrap.to_owned());
     metadata.insert("keyFingerprint".into(), fingerprint.to_owned());
     for (k, v) in [

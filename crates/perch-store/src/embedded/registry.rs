@@ -790,11 +790,6 @@ impl RegistryStore for EmbeddedRegistryStore {
             .await
     }
 
-    async fn get_record(&self, kind: RecordKind, key: &str) -> Result<Option<Vec<u8>>> {
-        let k = record_key(kind, key);
-        self.lookup(move |db| records::get(db, RECORDS, &k)).await
-    }
-
     async fn get_records(&self, keys: Vec<(RecordKind, String)>) -> Result<Vec<Option<Vec<u8>>>> {
         self.lookup(move |db| {
             let txn = db.begin_read().map_err(backend)?;
