@@ -10,7 +10,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::client::AdminClient;
-use super::output::{cell, describe, table};
+use super::output::{cell, describe, print_list, table};
 use super::{ClientArgs, Format};
 
 /// `perch iot …`
@@ -552,23 +552,19 @@ async fn registries(c: &ClientArgs, cmd: RegistriesCommand) -> Result<()> {
                 limit,
             )
             .await?;
-            match c.format {
-                Format::Json => println!("{}", serde_json::to_string_pretty(&items)?),
-                Format::Table => table(
-                    &["ID", "LOCATION", "MQTT_ENABLED", "HTTP_ENABLED"],
-                    &items
-                        .iter()
-                        .map(|r| {
-                            vec![
-                                cell(&r["id"]),
-                                region.clone(),
-                                enabled(&r["mqttConfig"]["mqttEnabledState"], "MQTT"),
-                                enabled(&r["httpConfig"]["httpEnabledState"], "HTTP"),
-                            ]
-                        })
-                        .collect::<Vec<_>>(),
-                ),
-            }
+            print_list(
+                c.format,
+                &items,
+                &["ID", "LOCATION", "MQTT_ENABLED", "HTTP_ENABLED"],
+                |r| {
+                    vec![
+                        cell(&r["id"]),
+                        region.clone(),
+                        enabled(&r["mqttConfig"]["mqttEnabledState"], "MQTT"),
+                        enabled(&r["httpConfig"]["httpEnabledState"], "HTTP"),
+                    ]
+                },
+            )?
         }
         RegistriesCommand::Update {
             registry,
@@ -679,25 +675,20 @@ async fn devices(c: &ClientArgs, cmd: DevicesCommand) -> Result<()> {
                 limit,
             )
             .await?;
-            match c.format {
-                Format::Json => println!("{}", serde_json::to_string_pretty(&items)?),
-                Format::Table => table(
-                    &["ID", "NUM_ID", "BLOCKED", "GATEWAY", "LAST_EVENT"],
-                    &items
-                        .iter()
-                        .map(|d| {
-                            vec![
-                                cell(&d["id"]),
-                                cell(&d["numId"]),
-                                d["blocked"].as_bool().unwrap_or(false).to_string(),
-                                (d["gatewayConfig"]["gatewayType"].as_str() == Some("GATEWAY"))
-                                    .to_string(),
-                                cell(&d["lastEventTime"]),
-                            ]
-                        })
-                        .collect::<Vec<_>>(),
-                ),
-            }
+            print_list(
+                c.format,
+                &items,
+                &["ID", "NUM_ID", "BLOCKED", "GATEWAY", "LAST_EVENT"],
+                |d| {
+                    vec![
+                        cell(&d["id"]),
+                        cell(&d["numId"]),
+                        d["blocked"].as_bool().unwrap_or(false).to_string(),
+                        (d["gatewayConfig"]["gatewayType"].as_str() == Some("GATEWAY")).to_string(),
+                        cell(&d["lastEventTime"]),
+                    ]
+                },
+            )?
         }
         DevicesCommand::Update {
             device,
@@ -784,23 +775,19 @@ async fn devices(c: &ClientArgs, cmd: DevicesCommand) -> Result<()> {
                 )
                 .await?;
             let configs = r["deviceConfigs"].as_array().cloned().unwrap_or_default();
-            match c.format {
-                Format::Json => println!("{}", serde_json::to_string_pretty(&configs)?),
-                Format::Table => table(
-                    &["VERSION", "CLOUD_UPDATE_TIME", "DEVICE_ACK_TIME", "DATA"],
-                    &configs
-                        .iter()
-                        .map(|cfg| {
-                            vec![
-                                cell(&cfg["version"]),
-                                cell(&cfg["cloudUpdateTime"]),
-                                cell(&cfg["deviceAckTime"]),
-                                printable(&cfg["binaryData"]),
-                            ]
-                        })
-                        .collect::<Vec<_>>(),
-                ),
-            }
+            print_list(
+                c.format,
+                &configs,
+                &["VERSION", "CLOUD_UPDATE_TIME", "DEVICE_ACK_TIME", "DATA"],
+                |cfg| {
+                    vec![
+                        cell(&cfg["version"]),
+                        cell(&cfg["cloudUpdateTime"]),
+                        cell(&cfg["deviceAckTime"]),
+                        printable(&cfg["binaryData"]),
+                    ]
+                },
+            )?
         }
         DevicesCommand::States(StatesCommand::List {
             device,
@@ -817,16 +804,9 @@ async fn devices(c: &ClientArgs, cmd: DevicesCommand) -> Result<()> {
                 )
                 .await?;
             let states = r["deviceStates"].as_array().cloned().unwrap_or_default();
-            match c.format {
-                Format::Json => println!("{}", serde_json::to_string_pretty(&states)?),
-                Format::Table => table(
-                    &["UPDATE_TIME", "DATA"],
-                    &states
-                        .iter()
-                        .map(|s| vec![cell(&s["updateTime"]), printable(&s["binaryData"])])
-                        .collect::<Vec<_>>(),
-                ),
-            }
+            print_list(c.format, &states, &["UPDATE_TIME", "DATA"], |s| {
+                vec![cell(&s["updateTime"]), printable(&s["binaryData"])]
+            })?
         }
         DevicesCommand::Commands(CommandsCommand::Send {
             device,

@@ -2,6 +2,22 @@
 
 use serde_json::Value;
 
+use super::Format;
+
+/// Prints a list: pretty JSON with `--format json`, else one table row per item.
+pub fn print_list(
+    format: Format,
+    items: &[Value],
+    headers: &[&str],
+    row: impl Fn(&Value) -> Vec<String>,
+) -> anyhow::Result<()> {
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(items)?),
+        Format::Table => table(headers, &items.iter().map(row).collect::<Vec<_>>()),
+    }
+    Ok(())
+}
+
 /// Prints rows under headers, columns padded to their widest cell.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();

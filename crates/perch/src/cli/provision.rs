@@ -9,7 +9,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::client::AdminClient;
-use super::output::{cell, describe, table};
+use super::output::{cell, describe, print_list};
 use super::{ClientArgs, Format};
 
 /// `perch provision …`
@@ -339,37 +339,33 @@ pub async fn run(args: ProvisionArgs) -> Result<()> {
                 )
                 .await?;
             let items = r["decisions"].as_array().cloned().unwrap_or_default();
-            match c.format {
-                Format::Json => println!("{}", serde_json::to_string_pretty(&items)?),
-                Format::Table => table(
-                    &[
-                        "TIME",
-                        "BOOTSTRAP",
-                        "DEVICE_ID",
-                        "SERIAL",
-                        "DECISION",
-                        "REASON",
-                        "MESSAGE",
-                    ],
-                    &items
-                        .iter()
-                        .map(|d| {
-                            [
-                                "time",
-                                "bootstrap",
-                                "device_id",
-                                "serial",
-                                "decision",
-                                "reason",
-                                "message",
-                            ]
-                            .iter()
-                            .map(|k| cell(&d[*k]))
-                            .collect()
-                        })
-                        .collect::<Vec<_>>(),
-                ),
-            }
+            print_list(
+                c.format,
+                &items,
+                &[
+                    "TIME",
+                    "BOOTSTRAP",
+                    "DEVICE_ID",
+                    "SERIAL",
+                    "DECISION",
+                    "REASON",
+                    "MESSAGE",
+                ],
+                |d| {
+                    [
+                        "time",
+                        "bootstrap",
+                        "device_id",
+                        "serial",
+                        "decision",
+                        "reason",
+                        "message",
+                    ]
+                    .iter()
+                    .map(|k| cell(&d[*k]))
+                    .collect()
+                },
+            )?
         }
     }
     Ok(())
@@ -394,32 +390,28 @@ async fn approvals(c: &ClientArgs, client: &AdminClient, cmd: ApprovalsCommand) 
                 )
                 .await?;
             let items = r["approvals"].as_array().cloned().unwrap_or_default();
-            match c.format {
-                Format::Json => println!("{}", serde_json::to_string_pretty(&items)?),
-                Format::Table => table(
-                    &[
-                        "DEVICE_ID",
-                        "STATE",
-                        "BOOTSTRAP",
-                        "SERIAL",
-                        "KEY_FINGERPRINT",
-                        "REQUEST_TIME",
-                    ],
-                    &items
-                        .iter()
-                        .map(|a| {
-                            vec![
-                                cell(&a["deviceId"]),
-                                cell(&a["state"]),
-                                cell(&a["bootstrap"]),
-                                cell(&a["claims"]["serial"]),
-                                cell(&a["keyFingerprint"]),
-                                cell(&a["requestTime"]),
-                            ]
-                        })
-                        .collect::<Vec<_>>(),
-                ),
-            }
+            print_list(
+                c.format,
+                &items,
+                &[
+                    "DEVICE_ID",
+                    "STATE",
+                    "BOOTSTRAP",
+                    "SERIAL",
+                    "KEY_FINGERPRINT",
+                    "REQUEST_TIME",
+                ],
+                |a| {
+                    vec![
+                        cell(&a["deviceId"]),
+                        cell(&a["state"]),
+                        cell(&a["bootstrap"]),
+                        cell(&a["claims"]["serial"]),
+                        cell(&a["keyFingerprint"]),
+                        cell(&a["requestTime"]),
+                    ]
+                },
+            )?;
             return Ok(());
         }
         ApprovalsCommand::Approve { device, registry } => (registry, device, "approve"),
@@ -517,37 +509,33 @@ async fn bootstraps(c: &ClientArgs, client: &AdminClient, cmd: BootstrapsCommand
                 )
                 .await?;
             let items = r["bootstraps"].as_array().cloned().unwrap_or_default();
-            match c.format {
-                Format::Json => println!("{}", serde_json::to_string_pretty(&items)?),
-                Format::Table => table(
-                    &[
-                        "ID",
-                        "ENABLED",
-                        "PROVISIONED",
-                        "QUOTA",
-                        "REFUSED",
-                        "EXPIRE_TIME",
-                        "LOT",
-                    ],
-                    &items
-                        .iter()
-                        .map(|b| {
-                            [
-                                "id",
-                                "enabled",
-                                "provisioned",
-                                "deviceQuota",
-                                "refused",
-                                "expireTime",
-                                "lot",
-                            ]
-                            .iter()
-                            .map(|k| cell(&b[*k]))
-                            .collect()
-                        })
-                        .collect::<Vec<_>>(),
-                ),
-            }
+            print_list(
+                c.format,
+                &items,
+                &[
+                    "ID",
+                    "ENABLED",
+                    "PROVISIONED",
+                    "QUOTA",
+                    "REFUSED",
+                    "EXPIRE_TIME",
+                    "LOT",
+                ],
+                |b| {
+                    [
+                        "id",
+                        "enabled",
+                        "provisioned",
+                        "deviceQuota",
+                        "refused",
+                        "expireTime",
+                        "lot",
+                    ]
+                    .iter()
+                    .map(|k| cell(&b[*k]))
+                    .collect()
+                },
+            )?
         }
         BootstrapsCommand::Describe {
             bootstrap,
@@ -718,16 +706,9 @@ async fn lists(c: &ClientArgs, client: &AdminClient, list: &str, cmd: ListComman
                 .into_iter()
                 .filter(|e| e["list"] == list)
                 .collect();
-            match c.format {
-                Format::Json => println!("{}", serde_json::to_string_pretty(&items)?),
-                Format::Table => table(
-                    &["KIND", "VALUE", "REASON"],
-                    &items
-                        .iter()
-                        .map(|e| vec![cell(&e["kind"]), cell(&e["value"]), cell(&e["reason"])])
-                        .collect::<Vec<_>>(),
-                ),
-            }
+            print_list(c.format, &items, &["KIND", "VALUE", "REASON"], |e| {
+                vec![cell(&e["kind"]), cell(&e["value"]), cell(&e["reason"])]
+            })?
         }
     }
     Ok(())

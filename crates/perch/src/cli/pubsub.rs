@@ -8,7 +8,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::client::AdminClient;
-use super::output::{cell, describe, table};
+use super::output::{cell, describe, print_list};
 use super::{ClientArgs, Format};
 
 /// `perch pubsub …`
@@ -157,16 +157,7 @@ pub async fn run(args: PubsubArgs) -> Result<()> {
                 )
                 .await?;
             let topics = r["topics"].as_array().cloned().unwrap_or_default();
-            match c.format {
-                Format::Json => println!("{}", serde_json::to_string_pretty(&topics)?),
-                Format::Table => table(
-                    &["NAME"],
-                    &topics
-                        .iter()
-                        .map(|t| vec![cell(&t["name"])])
-                        .collect::<Vec<_>>(),
-                ),
-            }
+            print_list(c.format, &topics, &["NAME"], |t| vec![cell(&t["name"])])?
         }
         PubsubCommand::Topics(TopicsCommand::Delete { topic }) => {
             client
@@ -265,23 +256,19 @@ pub async fn run(args: PubsubArgs) -> Result<()> {
                 )
                 .await?;
             let subs = r["subscriptions"].as_array().cloned().unwrap_or_default();
-            match c.format {
-                Format::Json => println!("{}", serde_json::to_string_pretty(&subs)?),
-                Format::Table => table(
-                    &["NAME", "TOPIC", "ACK_DEADLINE", "FILTER"],
-                    &subs
-                        .iter()
-                        .map(|s| {
-                            vec![
-                                cell(&s["name"]),
-                                cell(&s["topic"]),
-                                cell(&s["ackDeadlineSeconds"]),
-                                cell(&s["filter"]),
-                            ]
-                        })
-                        .collect::<Vec<_>>(),
-                ),
-            }
+            print_list(
+                c.format,
+                &subs,
+                &["NAME", "TOPIC", "ACK_DEADLINE", "FILTER"],
+                |s| {
+                    vec![
+                        cell(&s["name"]),
+                        cell(&s["topic"]),
+                        cell(&s["ackDeadlineSeconds"]),
+                        cell(&s["filter"]),
+                    ]
+                },
+            )?
         }
         PubsubCommand::Subscriptions(SubscriptionsCommand::Delete { subscription }) => {
             client
@@ -323,49 +310,45 @@ pub async fn run(args: PubsubArgs) -> Result<()> {
                     )
                     .await?;
             }
-            match c.format {
-                Format::Json => println!("{}", serde_json::to_string_pretty(&received)?),
-                Format::Table => table(
-                    &[
-                        "DATA",
-                        "MESSAGE_ID",
-                        "ATTRIBUTES",
-                        "DELIVERY_ATTEMPT",
-                        "ACK_ID",
-                    ],
-                    &received
-                        .iter()
-                        .map(|m| {
-                            let data = m["message"]["data"].as_str().unwrap_or("");
-                            let text = STANDARD
-                                .decode(data)
-                                .ok()
-                                .and_then(|b| String::from_utf8(b).ok())
-                                .unwrap_or_else(|| data.to_owned());
-                            let attrs = m["message"]["attributes"]
-                                .as_object()
-                                .map(|a| {
-                                    a.iter()
-                                        .map(|(k, v)| format!("{k}={}", cell(v)))
-                                        .collect::<Vec<_>>()
-                                        .join(",")
-                                })
-                                .unwrap_or_default();
-                            vec![
-                                text,
-                                cell(&m["message"]["messageId"]),
-                                attrs,
-                                cell(&m["deliveryAttempt"]),
-                                if auto_ack {
-                                    "-".into()
-                                } else {
-                                    cell(&m["ackId"])
-                                },
-                            ]
+            print_list(
+                c.format,
+                &received,
+                &[
+                    "DATA",
+                    "MESSAGE_ID",
+                    "ATTRIBUTES",
+                    "DELIVERY_ATTEMPT",
+                    "ACK_ID",
+                ],
+                |m| {
+                    let data = m["message"]["data"].as_str().unwrap_or("");
+                    let text = STANDARD
+                        .decode(data)
+                        .ok()
+                        .and_then(|b| String::from_utf8(b).ok())
+                        .unwrap_or_else(|| data.to_owned());
+                    let attrs = m["message"]["attributes"]
+                        .as_object()
+                        .map(|a| {
+                            a.iter()
+                                .map(|(k, v)| format!("{k}={}", cell(v)))
+                                .collect::<Vec<_>>()
+                                .join(",")
                         })
-                        .collect::<Vec<_>>(),
-                ),
-            }
+                        .unwrap_or_default();
+                    vec![
+                        text,
+                        cell(&m["message"]["messageId"]),
+                        attrs,
+                        cell(&m["deliveryAttempt"]),
+                        if auto_ack {
+                            "-".into()
+                        } else {
+                            cell(&m["ackId"])
+                        },
+                    ]
+                },
+            )?
         }
     }
     Ok(())

@@ -6,9 +6,9 @@ use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::{Value, json};
 
+use super::ClientArgs;
 use super::client::AdminClient;
-use super::output::{cell, table};
-use super::{ClientArgs, Format};
+use super::output::{cell, print_list};
 
 /// Subscriptions with this id prefix feed the sink (perch-sink's `SINK_SUBSCRIPTION_PREFIX`).
 const SINK_PREFIX: &str = "perch-sink-";
@@ -129,16 +129,9 @@ pub async fn run(args: TelemetryArgs) -> Result<()> {
                     break;
                 }
             }
-            match c.format {
-                Format::Json => println!("{}", serde_json::to_string_pretty(&topics)?),
-                Format::Table => table(
-                    &["TOPIC", "SUBSCRIPTION"],
-                    &topics
-                        .iter()
-                        .map(|t| vec![cell(&t["topic"]), cell(&t["subscription"])])
-                        .collect::<Vec<_>>(),
-                ),
-            }
+            print_list(c.format, &topics, &["TOPIC", "SUBSCRIPTION"], |t| {
+                vec![cell(&t["topic"]), cell(&t["subscription"])]
+            })?
         }
         TelemetryCommand::Query(filters) => {
             let query = filters.query();
@@ -151,27 +144,23 @@ pub async fn run(args: TelemetryArgs) -> Result<()> {
                 )
                 .await?;
             let points = r["points"].as_array().cloned().unwrap_or_default();
-            match c.format {
-                Format::Json => println!("{}", serde_json::to_string_pretty(&points)?),
-                Format::Table => table(
-                    &["PUBLISH_TIME", "DEVICE_ID", "SUBFOLDER", "DATA"],
-                    &points
-                        .iter()
-                        .map(|pt| {
-                            let data = match &pt["json"] {
-                                Value::Null => cell(&pt["data"]),
-                                v => v.to_string(),
-                            };
-                            vec![
-                                cell(&pt["publishTime"]),
-                                cell(&pt["deviceId"]),
-                                cell(&pt["subFolder"]),
-                                data,
-                            ]
-                        })
-                        .collect::<Vec<_>>(),
-                ),
-            }
+            print_list(
+                c.format,
+                &points,
+                &["PUBLISH_TIME", "DEVICE_ID", "SUBFOLDER", "DATA"],
+                |pt| {
+                    let data = match &pt["json"] {
+                        Value::Null => cell(&pt["data"]),
+                        v => v.to_string(),
+                    };
+                    vec![
+                        cell(&pt["publishTime"]),
+                        cell(&pt["deviceId"]),
+                        cell(&pt["subFolder"]),
+                        data,
+                    ]
+                },
+            )?
         }
         TelemetryCommand::Anomalies(filters) => {
             let r = client
@@ -183,33 +172,29 @@ pub async fn run(args: TelemetryArgs) -> Result<()> {
                 )
                 .await?;
             let found = r["anomalies"].as_array().cloned().unwrap_or_default();
-            match c.format {
-                Format::Json => println!("{}", serde_json::to_string_pretty(&found)?),
-                Format::Table => table(
-                    &[
-                        "PUBLISH_TIME",
-                        "DEVICE_ID",
-                        "FIELD",
-                        "VALUE",
-                        "EXPECTED",
-                        "Z",
-                    ],
-                    &found
-                        .iter()
-                        .map(|a| {
-                            let num = |k: &str| a[k].as_f64().unwrap_or_default();
-                            vec![
-                                cell(&a["publishTime"]),
-                                cell(&a["deviceId"]),
-                                cell(&a["field"]),
-                                cell(&a["value"]),
-                                format!("{:.2} ± {:.2}", num("mean"), num("std")),
-                                format!("{:+.1}", num("z")),
-                            ]
-                        })
-                        .collect::<Vec<_>>(),
-                ),
-            }
+            print_list(
+                c.format,
+                &found,
+                &[
+                    "PUBLISH_TIME",
+                    "DEVICE_ID",
+                    "FIELD",
+                    "VALUE",
+                    "EXPECTED",
+                    "Z",
+                ],
+                |a| {
+                    let num = |k: &str| a[k].as_f64().unwrap_or_default();
+                    vec![
+                        cell(&a["publishTime"]),
+                        cell(&a["deviceId"]),
+                        cell(&a["field"]),
+                        cell(&a["value"]),
+                        format!("{:.2} ± {:.2}", num("mean"), num("std")),
+                        format!("{:+.1}", num("z")),
+                    ]
+                },
+            )?
         }
     }
     Ok(())
