@@ -1,5 +1,5 @@
 //! Group commit for a redb file: one writer thread runs every write transaction, and one fsync
-//! makes a whole batch of them durable.
+//! makes a whole batch of them durable; and recovery of the file after an I/O failure.
 //!
 //! redb allows one write transaction at a time, and a durable commit costs an fsync (about a
 //! millisecond here), so one commit per request caps a store at about a thousand writes per
@@ -13,9 +13,19 @@
 //! the error that kept it from getting there). A read in another task may see a write up to one
 //! fsync before that write's caller is answered; if the machine dies in that window the write is
 //! gone, and so is the answer to it.
+//!
+//! After a failed write (a full disk, an I/O error) redb refuses every later read and write of
+//! that `Database` until it is closed and opened again. The writer thread, which runs every
+//! write and so sees every such failure first, does that: it takes the handle away from readers
+//! (they get `UNAVAILABLE` meanwhile), waits for reads in flight to let go, and opens the file
+//! again (redb checks it as after a crash). If that fails too (the disk is still full), it
+//! tries again every [`REOPEN_RETRY`] until it succeeds. Writes that failed were answered with
+//! their error (`RESOURCE_EXHAUSTED` for a full disk) and left nothing behind.
 
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::sync::mpsc;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, WriteTransaction};
 
@@ -23,14 +33,61 @@ use crate::{Error, Result};
 
 /// Most write requests one durable commit covers; the rest wait for the next.
 pub const GROUP_COMMIT_MAX: usize = 256;
+/// How often the writer tries again to open a file it had to close after an I/O failure.
+pub const REOPEN_RETRY: Duration = Duration::from_secs(1);
+/// How long a reopen waits for reads in flight to let go of the failed handle before it tries
+/// anyway (a read still holding it then makes this attempt fail, and the next one is made
+/// [`REOPEN_RETRY`] later).
+const REOPEN_DRAIN_WAIT: Duration = Duration::from_secs(5);
 
 /// The caller's answer, sent once the batch it ran in is durable (or failed to become so).
-type Answer = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
-/// A queued write: runs its transaction with the given durability and hands back its answer.
-type Job = Box<dyn FnOnce(&Database, Durability) -> Answer + Send>;
+type Answer = Box<dyn FnOnce(Result<()>) + Send>;
+/// A queued write: runs its transaction with the given durability (or learns that there is no
+/// open database to run it on) and hands back its answer, and whether the storage engine
+/// failed it (as opposed to the write refusing itself, e.g. ALREADY_EXISTS).
+type Job = Box<dyn FnOnce(Result<&Database>, Durability) -> (Answer, bool) + Send>;
 
-fn backend(e: impl std::fmt::Display) -> Error {
-    Error::Backend(e.to_string())
+/// One redb file and its open `Database`, which the writer may close and open again.
+#[derive(Debug)]
+struct DbFile {
+    path: PathBuf,
+    current: RwLock<Option<Arc<Database>>>,
+}
+
+impl DbFile {
+    fn get(&self) -> Result<Arc<Database>> {
+        self.current
+            .read()
+            .map_err(|_| Error::Backend("the store's handle lock is poisoned".into()))?
+            .clone()
+            .ok_or_else(|| {
+                Error::Unavailable(format!(
+                    "{} is being reopened after an I/O failure; try again",
+                    self.path.display()
+                ))
+            })
+    }
+
+    fn set(&self, db: Option<Arc<Database>>) -> Option<Arc<Database>> {
+        match self.current.write() {
+            Ok(mut current) => std::mem::replace(&mut *current, db),
+            Err(poisoned) => std::mem::replace(&mut *poisoned.into_inner(), db),
+        }
+    }
+
+    /// Closes the failed database and opens the file again.
+    fn reopen(&self) -> Result<()> {
+        if let Some(old) = self.set(None) {
+            let deadline = Instant::now() + REOPEN_DRAIN_WAIT;
+            while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        let db = super::open_database(&self.path).map_err(Error::redb)?;
+        self.set(Some(Arc::new(db)));
+        tracing::warn!(file = %self.path.display(), "store reopened after an I/O failure; it serves again");
+        Ok(())
+    }
 }
 
 /// The handle of a file's writer thread; cheap to clone. Dropping the last handle finishes what
@@ -43,6 +100,7 @@ pub(crate) struct Committer {
 
 #[derive(Debug)]
 struct Inner {
+    file: Arc<DbFile>,
     jobs: Option<mpsc::Sender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -59,18 +117,36 @@ impl Drop for Inner {
 }
 
 impl Committer {
-    /// Starts the writer thread of `db`, named `thread_name` (it shows in `top -H`).
-    pub(crate) fn start(db: Arc<Database>, thread_name: &str) -> std::io::Result<Committer> {
+    /// Starts the writer thread of `db`, the open file at `path`, named `thread_name` (it shows
+    /// in `top -H`).
+    pub(crate) fn start(
+        db: Database,
+        path: PathBuf,
+        thread_name: &str,
+    ) -> std::io::Result<Committer> {
+        let file = Arc::new(DbFile {
+            path,
+            current: RwLock::new(Some(Arc::new(db))),
+        });
         let (jobs, queue) = mpsc::channel::<Job>();
-        let thread = std::thread::Builder::new()
-            .name(thread_name.to_owned())
-            .spawn(move || writer(&db, &queue))?;
+        let thread = {
+            let file = file.clone();
+            std::thread::Builder::new()
+                .name(thread_name.to_owned())
+                .spawn(move || writer(&file, &queue))?
+        };
         Ok(Committer {
             inner: Arc::new(Inner {
+                file,
                 jobs: Some(jobs),
                 thread: Some(thread),
             }),
         })
+    }
+
+    /// The open database, for reads; `UNAVAILABLE` while it is being reopened.
+    pub(crate) fn database(&self) -> Result<Arc<Database>> {
+        self.inner.file.get()
     }
 
     /// Runs `f` in a write transaction of its own and returns its result once it is durable.
@@ -81,24 +157,27 @@ impl Committer {
     ) -> Result<T> {
         let (tx, rx) = tokio::sync::oneshot::channel::<Result<T>>();
         let job: Job = Box::new(move |db, durability| {
-            let outcome = run(db, durability, f);
-            Box::new(move |synced| {
+            let outcome = db.and_then(|db| run(db, durability, f));
+            let engine_failed = matches!(outcome, Err(Error::Full(_) | Error::Backend(_)));
+            let answer: Answer = Box::new(move |synced| {
                 let answer = match (outcome, synced) {
                     (Ok(value), Ok(())) => Ok(value),
-                    (Ok(_), Err(e)) => Err(Error::Backend(e)),
+                    (Ok(_), Err(e)) => Err(e),
                     (Err(e), _) => Err(e),
                 };
                 let _ = tx.send(answer);
-            })
+            });
+            (answer, engine_failed)
         });
         self.inner
             .jobs
             .as_ref()
-            .ok_or_else(|| backend("the store is closed"))?
+            .ok_or_else(|| Error::Backend("the store is closed".into()))?
             .send(job)
-            .map_err(|_| backend("the store's writer thread has stopped"))?;
-        rx.await
-            .map_err(|_| backend("the store's writer thread stopped before answering"))?
+            .map_err(|_| Error::Backend("the store's writer thread has stopped".into()))?;
+        rx.await.map_err(|_| {
+            Error::Backend("the store's writer thread stopped before answering".into())
+        })?
     }
 }
 
@@ -107,17 +186,34 @@ fn run<T>(
     durability: Durability,
     f: impl FnOnce(&WriteTransaction) -> Result<T>,
 ) -> Result<T> {
-    let mut txn = db.begin_write().map_err(backend)?;
-    txn.set_durability(durability).map_err(backend)?;
+    let mut txn = db.begin_write().map_err(Error::redb)?;
+    txn.set_durability(durability).map_err(Error::redb)?;
     let value = f(&txn)?;
-    txn.commit().map_err(backend)?;
+    txn.commit().map_err(Error::redb)?;
     Ok(value)
 }
 
 /// The writer loop: a batch is whatever is queued once the previous batch is durable.
-fn writer(db: &Database, queue: &mpsc::Receiver<Job>) {
+fn writer(file: &DbFile, queue: &mpsc::Receiver<Job>) {
     let mut batch: Vec<Job> = Vec::with_capacity(GROUP_COMMIT_MAX);
-    while let Ok(first) = queue.recv() {
+    let mut closed = false;
+    loop {
+        let first = if closed {
+            match queue.recv_timeout(REOPEN_RETRY) {
+                Ok(job) => Some(job),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        } else {
+            match queue.recv() {
+                Ok(job) => Some(job),
+                Err(_) => return,
+            }
+        };
+        if closed {
+            closed = try_reopen(file);
+        }
+        let Some(first) = first else { continue };
         batch.push(first);
         while batch.len() < GROUP_COMMIT_MAX {
             match queue.try_recv() {
@@ -126,30 +222,73 @@ fn writer(db: &Database, queue: &mpsc::Receiver<Job>) {
             }
         }
         metrics::histogram!("perch_store_group_commit_writes").record(batch.len() as f64);
-        if batch.len() == 1 {
-            if let Some(answer) = run_job(batch.pop().expect("one job"), db, Durability::Immediate)
-            {
-                answer(Ok(()));
+        match file.get() {
+            Ok(db) => {
+                // A failed write may have left redb refusing everything: an empty durable commit
+                // tells (and costs an fsync only after a failure).
+                if run_batch(&mut batch, &db) && sync(&db).is_err() {
+                    drop(db);
+                    tracing::error!(file = %file.path.display(), "the store failed to write; closing and reopening it");
+                    closed = try_reopen(file);
+                }
             }
-            continue;
-        }
-        let answers: Vec<Answer> = batch
-            .drain(..)
-            .filter_map(|job| run_job(job, db, Durability::None))
-            .collect();
-        let synced = sync(db).map_err(|e| e.to_string());
-        if let Err(e) = &synced {
-            tracing::error!(error = %e, "a group commit failed; its writes were not acknowledged");
-        }
-        for answer in answers {
-            answer(synced.clone());
+            Err(e) => {
+                for job in batch.drain(..) {
+                    if let Some((answer, _)) = run_job(job, Err(e.clone()), Durability::None) {
+                        answer(Err(e.clone()));
+                    }
+                }
+            }
         }
     }
 }
 
+/// Reopens `file`; whether it is still closed.
+fn try_reopen(file: &DbFile) -> bool {
+    match file.reopen() {
+        Ok(()) => false,
+        Err(e) => {
+            tracing::warn!(file = %file.path.display(), error = %e, "the store could not be reopened yet; retrying");
+            true
+        }
+    }
+}
+
+/// Runs and answers one batch; whether the storage engine failed any of it, so that redb
+/// (which then refuses everything until the file is reopened) needs reopening.
+fn run_batch(batch: &mut Vec<Job>, db: &Database) -> bool {
+    if batch.len() == 1 {
+        let job = batch.pop().expect("one job");
+        return match run_job(job, Ok(db), Durability::Immediate) {
+            Some((answer, engine_failed)) => {
+                answer(Ok(()));
+                engine_failed
+            }
+            None => false,
+        };
+    }
+    let mut engine_failed = false;
+    let answers: Vec<Answer> = batch
+        .drain(..)
+        .filter_map(|job| run_job(job, Ok(db), Durability::None))
+        .map(|(answer, failed)| {
+            engine_failed |= failed;
+            answer
+        })
+        .collect();
+    let synced = sync(db);
+    if let Err(e) = &synced {
+        tracing::error!(error = %e, "a group commit failed; its writes were not acknowledged");
+    }
+    for answer in answers {
+        answer(synced.clone());
+    }
+    engine_failed || synced.is_err()
+}
+
 /// Runs one job. A panic inside it (a bug) aborts only its own transaction and drops its
 /// answer, so its caller gets an error while the writer thread lives on for everyone else.
-fn run_job(job: Job, db: &Database, durability: Durability) -> Option<Answer> {
+fn run_job(job: Job, db: Result<&Database>, durability: Durability) -> Option<(Answer, bool)> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(db, durability))) {
         Ok(answer) => Some(answer),
         Err(_) => {
@@ -161,8 +300,8 @@ fn run_job(job: Job, db: &Database, durability: Durability) -> Option<Answer> {
 
 /// Makes every earlier non-durable commit durable.
 fn sync(db: &Database) -> Result<()> {
-    let txn = db.begin_write().map_err(backend)?;
-    txn.commit().map_err(backend)
+    let txn = db.begin_write().map_err(Error::redb)?;
+    txn.commit().map_err(Error::redb)
 }
 
 #[cfg(test)]
@@ -175,8 +314,9 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_write_fails_alone_and_the_writer_lives_on() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Arc::new(Database::create(dir.path().join("t.redb")).unwrap());
-        let committer = Committer::start(db.clone(), "test-commit").unwrap();
+        let path = dir.path().join("t.redb");
+        let committer =
+            Committer::start(Database::create(&path).unwrap(), path, "test-commit").unwrap();
         let panicked = committer
             .write(|txn| -> Result<()> {
                 txn.open_table(T).unwrap().insert(1, 1).unwrap();
@@ -191,6 +331,7 @@ mod tests {
             })
             .await
             .unwrap();
+        let db = committer.database().unwrap();
         let txn = db.begin_read().unwrap();
         let t = txn.open_table(T).unwrap();
         assert!(
@@ -205,8 +346,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.redb");
         {
-            let db = Arc::new(Database::create(&path).unwrap());
-            let committer = Committer::start(db.clone(), "test-commit").unwrap();
+            let committer =
+                Committer::start(Database::create(&path).unwrap(), path.clone(), "test-commit")
+                    .unwrap();
             let mut tasks = Vec::new();
             for i in 0..500u64 {
                 let c = committer.clone();
@@ -227,12 +369,8 @@ mod tests {
                 assert_eq!(r.is_err(), i % 7 == 0, "write {i}: {r:?}");
             }
             drop(committer);
-            assert_eq!(
-                Arc::strong_count(&db),
-                1,
-                "dropping the committer joins its thread"
-            );
         }
+        // Dropping the committer joined its thread and closed the file: it opens again.
         let db = Database::create(&path).unwrap();
         let txn = db.begin_read().unwrap();
         let t = txn.open_table(T).unwrap();

@@ -453,7 +453,7 @@ fn writer_loop(inner: std::sync::Weak<Inner>, rx: mpsc::Receiver<WriteRequest>) 
                 Err(e) => {
                     tracing::error!(stream = id, error = %e, "message log write failed; publishers get an error");
                     for r in requests {
-                        let _ = r.reply.send(Err(Error::Backend(e.to_string())));
+                        let _ = r.reply.send(Err(e.clone()));
                     }
                 }
             }
@@ -530,8 +530,15 @@ fn write_batch(
         results.push(appended);
     }
     last_time = now;
-    file.write_all_at(&buf, offset).map_err(backend)?;
-    file.sync_data().map_err(backend)?;
+    if let Err(e) = file
+        .write_all_at(&buf, offset)
+        .and_then(|()| file.sync_data())
+    {
+        // Nothing of this batch counts: cut whatever part of it reached the file (a shorter
+        // file needs no space), so the next batch starts on a clean end, as recovery expects.
+        let _ = file.set_len(offset);
+        return Err(Error::io(&e));
+    }
     {
         let mut state = stream.state.write().map_err(backend)?;
         let added = seq - state.next_seq;

@@ -7,7 +7,7 @@ mod pubsub;
 mod records;
 mod registry;
 
-pub use commit::GROUP_COMMIT_MAX;
+pub use commit::{GROUP_COMMIT_MAX, REOPEN_RETRY};
 pub use log::{SEGMENT_MAX_BYTES, SegmentLog};
 pub use pubsub::EmbeddedPubsubStore;
 pub use registry::EmbeddedRegistryStore;
@@ -33,7 +33,7 @@ pub(crate) fn open_database(path: &Path) -> Result<redb::Database, redb::Databas
                 tracing::warn!(
                     file = %file,
                     progress_percent = tenth * 10,
-                    "checking a store after an unclean shutdown; the server starts when this is done"
+                    "checking a store that was not closed cleanly (a crash, or an I/O failure); it serves again when this is done"
                 );
                 logged.set(tenth + 1);
             }

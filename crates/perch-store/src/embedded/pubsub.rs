@@ -4,7 +4,6 @@
 //! `acked` ((subscription uid, seq) → ()) for acknowledgements above the floor.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, TableDefinition, WriteTransaction};
 
@@ -28,7 +27,6 @@ fn key(kind: ResourceKind, name: &str) -> String {
 /// Pub/Sub resources in a redb file.
 #[derive(Debug, Clone)]
 pub struct EmbeddedPubsubStore {
-    db: Arc<Database>,
     committer: Committer,
 }
 
@@ -42,16 +40,16 @@ impl EmbeddedPubsubStore {
             txn.open_table(ACKED).map_err(backend)?;
         }
         txn.commit().map_err(backend)?;
-        let db = Arc::new(db);
-        let committer = Committer::start(db.clone(), "perch-pubsub-commit").map_err(backend)?;
-        Ok(EmbeddedPubsubStore { db, committer })
+        let committer =
+            Committer::start(db, path.to_owned(), "perch-pubsub-commit").map_err(backend)?;
+        Ok(EmbeddedPubsubStore { committer })
     }
 
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Database) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let db = self.db.clone();
+        let db = self.committer.database()?;
         tokio::task::spawn_blocking(move || f(&db))
             .await
             .map_err(backend)?

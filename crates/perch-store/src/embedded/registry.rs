@@ -11,7 +11,6 @@
 //! Blocking work runs on tokio's blocking pool, never on a runtime thread.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use perch_core::limits::{CONFIG_VERSIONS_KEPT, NUM_ID_MAX, NUM_ID_MIN, STATES_KEPT};
 use perch_core::model::{Device, DeviceConfig, DeviceState, Registry};
@@ -41,7 +40,6 @@ const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
 /// The registry in a redb file.
 #[derive(Debug, Clone)]
 pub struct EmbeddedRegistryStore {
-    db: Arc<Database>,
     committer: Committer,
 }
 
@@ -110,16 +108,16 @@ impl EmbeddedRegistryStore {
             txn.open_table(RECORDS).map_err(backend)?;
         }
         txn.commit().map_err(backend)?;
-        let db = Arc::new(db);
-        let committer = Committer::start(db.clone(), "perch-registry-commit").map_err(backend)?;
-        Ok(EmbeddedRegistryStore { db, committer })
+        let committer =
+            Committer::start(db, path.to_owned(), "perch-registry-commit").map_err(backend)?;
+        Ok(EmbeddedRegistryStore { committer })
     }
 
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Database) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let db = self.db.clone();
+        let db = self.committer.database()?;
         tokio::task::spawn_blocking(move || f(&db))
             .await
             .map_err(backend)?
@@ -129,7 +127,7 @@ impl EmbeddedRegistryStore {
     /// in redb's page cache, so it takes microseconds: less than the two thread hand-offs of
     /// `spawn_blocking` would cost. Scans (lists) still go to the blocking pool.
     async fn lookup<T>(&self, f: impl FnOnce(&Database) -> Result<T>) -> Result<T> {
-        f(&self.db)
+        f(&*self.committer.database()?)
     }
 
     /// Runs a write transaction on the writer thread; resolves once it is durable.
