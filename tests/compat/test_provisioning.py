@@ -330,7 +330,8 @@ def test_require_approval_holds_reprovisioning_until_an_operator_decides(seed):
     pending = [a for a in approvals(seed, state="PENDING") if a["deviceId"] == device_id]
     assert len(pending) == 1 and pending[0]["bootstrap"] == bootstrap, pending
 
-    approved = seed.admin.ok("POST", f"{seed.registry.name}/provisioningApprovals/{device_id}:approve", body={})
+    approved = seed.admin.ok("POST", f"{seed.registry.name}/provisioningApprovals/{device_id}:approve",
+                             body={"keyFingerprint": pending[0]["keyFingerprint"]})
     assert approved["state"] == "APPROVED", approved
     again = claimant.ask(device_id, serial=unique("s"), key=new_key)
     assert again["decision"] == "ALLOWED" and again["num_id"] == first["num_id"], again
@@ -344,13 +345,16 @@ def test_require_approval_holds_reprovisioning_until_an_operator_decides(seed):
     # The other device's new key is denied: retries with it are refused for good.
     other_key = DeviceKey.es256()
     assert claimant.ask(other_id, serial=unique("s"), key=other_key)["reason"] == "PENDING_APPROVAL"
-    denied = seed.admin.ok("POST", f"{seed.registry.name}/provisioningApprovals/{other_id}:deny", body={})
+    other_pending = [a for a in approvals(seed, state="PENDING") if a["deviceId"] == other_id]
+    denied = seed.admin.ok("POST", f"{seed.registry.name}/provisioningApprovals/{other_id}:deny",
+                           body={"keyFingerprint": other_pending[0]["keyFingerprint"]})
     assert denied["state"] == "DENIED", denied
     refused = claimant.ask(other_id, serial=unique("s"), key=other_key)
     assert refused["decision"] == "DENIED" and refused["reason"] == "APPROVAL_DENIED", refused
     assert decisions(seed, bootstrap=bootstrap, reason="APPROVAL_DENIED")
     # Deciding twice is an error the operator can read.
-    again = seed.admin.request("POST", f"{seed.registry.name}/provisioningApprovals/{other_id}:approve", body={})
+    again = seed.admin.request("POST", f"{seed.registry.name}/provisioningApprovals/{other_id}:approve",
+                               body={"keyFingerprint": other_pending[0]["keyFingerprint"]})
     assert again.status_code == 400 and "already DENIED" in again.text, again.text
 
 
