@@ -1738,6 +1738,138 @@ mod tests {
     }
 
     #[test]
+    fn oversized_claims_are_named_and_dropped_from_the_stored_claims() {
+        let request = ProvisionRequest {
+            claims: model::Claims {
+                serial: "S".repeat(CLAIM_SERIAL_MAX_BYTES + 1),
+                mac: "m".into(),
+                device_id: "pi-1".into(),
+            },
+            ..Default::default()
+        };
+        assert_eq!(
+            oversized(&request).unwrap(),
+            "serial is 129 bytes; at most 128 are accepted"
+        );
+        let stored = bounded_claims(&request.claims);
+        assert_eq!((stored.serial.as_str(), stored.mac.as_str()), ("", "m"));
+        let csr = ProvisionRequest {
+            csr: Some("x".repeat(REQUEST_KEY_MAX_BYTES + 1)),
+            ..Default::default()
+        };
+        assert!(oversized(&csr).unwrap().starts_with("csr is"));
+        assert!(oversized(&ProvisionRequest::default()).is_none());
+        assert_eq!(truncated("héllo", 2), "h");
+        assert_eq!(decision_key_nanos("projects/p/x/00000000000000000042-ab"), Some(42));
+    }
+
+    /// A registry service on a fresh embedded store with a hand-set clock, and its provisioning.
+    async fn service(
+        dir: &std::path::Path,
+        cap: u64,
+    ) -> (ProvisioningService, Arc<perch_core::ManualClock>) {
+        let store = perch_store::embedded::EmbeddedRegistryStore::open(&dir.join("r.redb")).unwrap();
+        let clock = Arc::new(perch_core::ManualClock::new(Utc::now()));
+        let options = crate::RegistryServiceOptions {
+            provisioning: ProvisioningOptions {
+                decisions_per_bootstrap: cap,
+                decision_retention: None,
+            },
+            ..Default::default()
+        };
+        let registry = RegistryService::new(Arc::new(store), clock.clone(), options);
+        // The webhook client needs the process's TLS provider, as `perch serve` installs it.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        (ProvisioningService::new(registry), clock)
+    }
+
+    async fn registry_with_bootstrap(p: &ProvisioningService, id: &str) -> RegistryName {
+        let location = perch_core::LocationName {
+            project: "p".into(),
+            location: "us-central1".into(),
+        };
+        let registry = perch_core::model::Registry {
+            project: String::new(),
+            location: String::new(),
+            id: id.parse().unwrap(),
+            event_notification_configs: Vec::new(),
+            state_notification_topic: String::new(),
+            mqtt_state: Default::default(),
+            http_state: Default::default(),
+            log_level: Default::default(),
+            credentials: Vec::new(),
+        };
+        p.registry.create_registry(&location, registry).await.unwrap();
+        let name = RegistryName::parse("parent", &format!("projects/p/locations/us-central1/registries/{id}"))
+            .unwrap();
+        let bootstrap = Bootstrap {
+            id: "lot-1".into(),
+            ..Default::default()
+        };
+        p.create_bootstrap(&name, bootstrap).await.unwrap();
+        p.set_bootstrap_enabled(&name, "lot-1", false).await.unwrap();
+        name
+    }
+
+    /// A request a disabled bootstrap refuses.
+    fn refused_request() -> ProvisionRequest {
+        ProvisionRequest {
+            request_id: "r".into(),
+            claims: model::Claims {
+                serial: "s".into(),
+                device_id: "pi-1".into(),
+                ..Default::default()
+            },
+            generate_key: Some("ES256".into()),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn refusals_past_the_cap_are_counted_but_not_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, _) = service(dir.path(), 3).await;
+        let reg = registry_with_bootstrap(&p, "reg").await;
+        for _ in 0..5 {
+            let d = p.provision(&reg, "lot-1", refused_request()).await.unwrap();
+            assert_eq!(d.reason, Some(Reason::BootstrapDisabled));
+        }
+        assert_eq!(p.list_decisions(&reg, None, None, 100).await.unwrap().len(), 3);
+        let b = p.get_bootstrap(&reg, "lot-1").await.unwrap();
+        assert_eq!((b.refused, b.decisions), (5, 3));
+    }
+
+    #[tokio::test]
+    async fn the_purge_deletes_decisions_past_the_retention_in_every_registry_and_counts_them_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, clock) = service(dir.path(), 100).await;
+        // "reg-2" sorts before "reg/" ('-' < '/'): the purge must still find both registries.
+        let regs = [
+            registry_with_bootstrap(&p, "reg").await,
+            registry_with_bootstrap(&p, "reg-2").await,
+            registry_with_bootstrap(&p, "zeta").await,
+        ];
+        for reg in &regs {
+            for _ in 0..3 {
+                p.provision(reg, "lot-1", refused_request()).await.unwrap();
+            }
+        }
+        clock.advance(chrono::Duration::days(91));
+        for reg in &regs {
+            p.provision(reg, "lot-1", refused_request()).await.unwrap();
+        }
+        let cutoff = perch_core::Clock::now(clock.as_ref()) - chrono::Duration::days(90);
+        assert_eq!(p.purge_decisions(cutoff).await.unwrap(), 9);
+        for reg in &regs {
+            let left = p.list_decisions(reg, None, None, 100).await.unwrap();
+            assert_eq!(left.len(), 1, "{reg}");
+            assert!(left[0].time > cutoff);
+            assert_eq!(p.get_bootstrap(reg, "lot-1").await.unwrap().decisions, 1);
+        }
+        assert_eq!(p.purge_decisions(cutoff).await.unwrap(), 0);
+    }
+
+    #[test]
     fn requests_need_exactly_one_key() {
         let r = ProvisionRequest::default();
         assert_eq!(
