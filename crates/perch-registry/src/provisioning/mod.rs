@@ -38,6 +38,8 @@ pub const DEFAULT_PROVISIONS_PER_SECOND: u32 = 5_000;
 /// Webhook answer deadline when the operator sets none, and the most it may be set to.
 pub const WEBHOOK_TIMEOUT_DEFAULT_MS: u64 = 2_000;
 pub const WEBHOOK_TIMEOUT_MAX_MS: u64 = 30_000;
+/// Longest webhook `reason` a stored decision's message keeps, in bytes (the rest is cut).
+pub const WEBHOOK_REASON_MAX_BYTES: usize = 512;
 /// Most policy entries one registry may hold.
 pub const POLICY_ENTRIES_MAX: usize = 100_000;
 /// Longest `serial` claim, in bytes; a longer one is INVALID_REQUEST and is not stored.
@@ -424,7 +426,10 @@ impl ProvisioningService {
                 if a.reason.is_empty() {
                     "the webhook said no".into()
                 } else {
-                    format!("the webhook said no: {}", a.reason)
+                    format!(
+                        "the webhook said no: {}",
+                        truncated(&a.reason, WEBHOOK_REASON_MAX_BYTES)
+                    )
                 },
             )),
             Ok(Err(e)) => on_error(
@@ -846,7 +851,10 @@ impl ProvisioningService {
                 .unwrap_or(DateTime::<Utc>::MIN_UTC);
             match self.purge_decisions(cutoff).await {
                 Ok(0) => {}
-                Ok(n) => tracing::info!(purged = n, "provisioning decisions past their retention purged"),
+                Ok(n) => tracing::info!(
+                    purged = n,
+                    "provisioning decisions past their retention purged"
+                ),
                 Err(e) => tracing::warn!(error = %e, "purging old provisioning decisions failed"),
             }
             tokio::select! {
@@ -1601,7 +1609,12 @@ enum Keep {
 /// serial matches only a request without one): the only devices re-provisioning may change.
 fn provisioned_for(device: &Device, bootstrap: &str, serial: &str) -> bool {
     device.metadata.get("provisionedBy").map(String::as_str) == Some(bootstrap)
-        && device.metadata.get("serial").map(String::as_str).unwrap_or("") == serial
+        && device
+            .metadata
+            .get("serial")
+            .map(String::as_str)
+            .unwrap_or("")
+            == serial
 }
 
 /// At most `max` bytes of `s`, cut on a character boundary.
@@ -1619,7 +1632,13 @@ fn truncated(s: &str, max: usize) -> &str {
 /// The claims as a decision stores them: a claim over its limit is dropped (the refusal's
 /// message says which and how long it was).
 fn bounded_claims(claims: &model::Claims) -> model::Claims {
-    let keep = |v: &str, max: usize| if v.len() <= max { v.to_owned() } else { String::new() };
+    let keep = |v: &str, max: usize| {
+        if v.len() <= max {
+            v.to_owned()
+        } else {
+            String::new()
+        }
+    };
     model::Claims {
         serial: keep(&claims.serial, CLAIM_SERIAL_MAX_BYTES),
         mac: keep(&claims.mac, CLAIM_MAC_MAX_BYTES),
@@ -1629,12 +1648,24 @@ fn bounded_claims(claims: &model::Claims) -> model::Claims {
 
 /// The first field of a request over its size limit, as a refusal message.
 fn oversized(request: &ProvisionRequest) -> Option<String> {
-    let key = request.public_key.as_ref().map(|k| k.key.len()).unwrap_or(0);
+    let key = request
+        .public_key
+        .as_ref()
+        .map(|k| k.key.len())
+        .unwrap_or(0);
     let csr = request.csr.as_ref().map(String::len).unwrap_or(0);
     [
-        ("serial", request.claims.serial.len(), CLAIM_SERIAL_MAX_BYTES),
+        (
+            "serial",
+            request.claims.serial.len(),
+            CLAIM_SERIAL_MAX_BYTES,
+        ),
         ("mac", request.claims.mac.len(), CLAIM_MAC_MAX_BYTES),
-        ("device_id", request.claims.device_id.len(), CLAIM_DEVICE_ID_MAX_BYTES),
+        (
+            "device_id",
+            request.claims.device_id.len(),
+            CLAIM_DEVICE_ID_MAX_BYTES,
+        ),
         ("request_id", request.request_id.len(), REQUEST_ID_MAX_BYTES),
         ("public_key", key, REQUEST_KEY_MAX_BYTES),
         ("csr", csr, REQUEST_KEY_MAX_BYTES),
@@ -1760,7 +1791,10 @@ mod tests {
         assert!(oversized(&csr).unwrap().starts_with("csr is"));
         assert!(oversized(&ProvisionRequest::default()).is_none());
         assert_eq!(truncated("héllo", 2), "h");
-        assert_eq!(decision_key_nanos("projects/p/x/00000000000000000042-ab"), Some(42));
+        assert_eq!(
+            decision_key_nanos("projects/p/x/00000000000000000042-ab"),
+            Some(42)
+        );
     }
 
     /// A registry service on a fresh embedded store with a hand-set clock, and its provisioning.
@@ -1768,7 +1802,8 @@ mod tests {
         dir: &std::path::Path,
         cap: u64,
     ) -> (ProvisioningService, Arc<perch_core::ManualClock>) {
-        let store = perch_store::embedded::EmbeddedRegistryStore::open(&dir.join("r.redb")).unwrap();
+        let store =
+            perch_store::embedded::EmbeddedRegistryStore::open(&dir.join("r.redb")).unwrap();
         let clock = Arc::new(perch_core::ManualClock::new(Utc::now()));
         let options = crate::RegistryServiceOptions {
             provisioning: ProvisioningOptions {
@@ -1799,15 +1834,23 @@ mod tests {
             log_level: Default::default(),
             credentials: Vec::new(),
         };
-        p.registry.create_registry(&location, registry).await.unwrap();
-        let name = RegistryName::parse("parent", &format!("projects/p/locations/us-central1/registries/{id}"))
+        p.registry
+            .create_registry(&location, registry)
+            .await
             .unwrap();
+        let name = RegistryName::parse(
+            "parent",
+            &format!("projects/p/locations/us-central1/registries/{id}"),
+        )
+        .unwrap();
         let bootstrap = Bootstrap {
             id: "lot-1".into(),
             ..Default::default()
         };
         p.create_bootstrap(&name, bootstrap).await.unwrap();
-        p.set_bootstrap_enabled(&name, "lot-1", false).await.unwrap();
+        p.set_bootstrap_enabled(&name, "lot-1", false)
+            .await
+            .unwrap();
         name
     }
 
@@ -1834,13 +1877,17 @@ mod tests {
             let d = p.provision(&reg, "lot-1", refused_request()).await.unwrap();
             assert_eq!(d.reason, Some(Reason::BootstrapDisabled));
         }
-        assert_eq!(p.list_decisions(&reg, None, None, 100).await.unwrap().len(), 3);
+        assert_eq!(
+            p.list_decisions(&reg, None, None, 100).await.unwrap().len(),
+            3
+        );
         let b = p.get_bootstrap(&reg, "lot-1").await.unwrap();
         assert_eq!((b.refused, b.decisions), (5, 3));
     }
 
     #[tokio::test]
-    async fn the_purge_deletes_decisions_past_the_retention_in_every_registry_and_counts_them_off() {
+    async fn the_purge_deletes_decisions_past_the_retention_in_every_registry_and_counts_them_off()
+    {
         let dir = tempfile::tempdir().unwrap();
         let (p, clock) = service(dir.path(), 100).await;
         // "reg-2" sorts before "reg/" ('-' < '/'): the purge must still find both registries.
