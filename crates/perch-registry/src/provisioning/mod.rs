@@ -173,8 +173,9 @@ fn changed_bootstrap(
     serde_json::to_vec(&b).map_err(internal)
 }
 
-/// A record update that bumps a counter of a stored bootstrap (none stored: nothing to count).
-fn bump_bootstrap(bump: fn(&mut Bootstrap)) -> RecordUpdate {
+/// A record update that changes the counters of a stored bootstrap (none stored: nothing to
+/// count).
+fn bump_bootstrap(bump: impl FnOnce(&mut Bootstrap) + Send + 'static) -> RecordUpdate {
     Box::new(move |current: Option<Vec<u8>>| {
         current
             .map(|bytes| {
@@ -809,20 +810,10 @@ impl ProvisioningService {
                 updates.push((RecordKind::Decision, key.clone(), Box::new(|_| Ok(None))));
             }
             for (bootstrap, n) in per_bootstrap {
-                let count_off: RecordUpdate = Box::new(move |current: Option<Vec<u8>>| {
-                    current
-                        .map(|bytes| {
-                            changed_bootstrap(&bytes, |b| {
-                                b.decisions = b.decisions.saturating_sub(n);
-                                Ok(())
-                            })
-                        })
-                        .transpose()
-                });
                 updates.push((
                     RecordKind::Bootstrap,
                     format!("{prefix}bootstraps/{bootstrap}"),
-                    count_off,
+                    bump_bootstrap(move |b| b.decisions = b.decisions.saturating_sub(n)),
                 ));
             }
             let n = old.len();
@@ -885,20 +876,13 @@ impl ProvisioningService {
         let stored = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let count = {
             let stored = stored.clone();
-            Box::new(move |current: Option<Vec<u8>>| {
-                current
-                    .map(|bytes| {
-                        changed_bootstrap(&bytes, |b| {
-                            bump(b);
-                            if keep == Keep::Always || b.decisions < cap {
-                                b.decisions += 1;
-                                stored.store(true, std::sync::atomic::Ordering::Relaxed);
-                            }
-                            Ok(())
-                        })
-                    })
-                    .transpose()
-            }) as RecordUpdate
+            bump_bootstrap(move |b| {
+                bump(b);
+                if keep == Keep::Always || b.decisions < cap {
+                    b.decisions += 1;
+                    stored.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
         };
         let bytes = encode(d)?;
         let write: RecordUpdate = Box::new(move |_| {
