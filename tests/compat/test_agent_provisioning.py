@@ -248,7 +248,8 @@ def test_a_reflashed_pi_waits_for_an_operators_approval_then_streams_with_its_ne
     assert [a["deviceId"] for a in pending["approvals"]] == [device_id], pending
     assert not key.exists()
 
-    seed.admin.ok("POST", f"{seed.registry.name}/provisioningApprovals/{device_id}:approve", body={})
+    seed.admin.ok("POST", f"{seed.registry.name}/provisioningApprovals/{device_id}:approve",
+                  body={"keyFingerprint": pending["approvals"][0]["keyFingerprint"]})
     assert second.wait(90) == 0, second.log()
     assert key.is_file() and key.read_bytes() != old_key
     got = pull_all(seed.ps, seed.subs["temperature"], 2)

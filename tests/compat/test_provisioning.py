@@ -318,21 +318,23 @@ def test_require_approval_holds_reprovisioning_until_an_operator_decides(seed):
     bootstrap, key = create_bootstrap(seed, reprovisionPolicy="REQUIRE_APPROVAL")
     claimant = Claimant(seed, bootstrap, key)
     device_id, other_id = unique("pi"), unique("pi")
-    first = claimant.ask(device_id, serial=unique("s"))
+    serial, other_serial = unique("s"), unique("s")  # re-provisioning needs the serial provisioned
+    first = claimant.ask(device_id, serial=serial)
     assert first["decision"] == "ALLOWED", first
-    assert claimant.ask(other_id, serial=unique("s"))["decision"] == "ALLOWED"
+    assert claimant.ask(other_id, serial=other_serial)["decision"] == "ALLOWED"
 
     # The device was reflashed and asks again with a new key: held, and asked again it stays held.
     new_key = DeviceKey.es256()
     for _ in range(2):
-        held = claimant.ask(device_id, serial=unique("s"), key=new_key)
+        held = claimant.ask(device_id, serial=serial, key=new_key)
         assert held["decision"] == "DENIED" and held["reason"] == "PENDING_APPROVAL", held
     pending = [a for a in approvals(seed, state="PENDING") if a["deviceId"] == device_id]
     assert len(pending) == 1 and pending[0]["bootstrap"] == bootstrap, pending
 
-    approved = seed.admin.ok("POST", f"{seed.registry.name}/provisioningApprovals/{device_id}:approve", body={})
+    approved = seed.admin.ok("POST", f"{seed.registry.name}/provisioningApprovals/{device_id}:approve",
+                             body={"keyFingerprint": pending[0]["keyFingerprint"]})
     assert approved["state"] == "APPROVED", approved
-    again = claimant.ask(device_id, serial=unique("s"), key=new_key)
+    again = claimant.ask(device_id, serial=serial, key=new_key)
     assert again["decision"] == "ALLOWED" and again["num_id"] == first["num_id"], again
     device = Device(seed.registry, device_id, first["num_id"], new_key, {})
     seed.world.connected(device).publish_acked(device.events(), b"after approval")
@@ -343,14 +345,17 @@ def test_require_approval_holds_reprovisioning_until_an_operator_decides(seed):
 
     # The other device's new key is denied: retries with it are refused for good.
     other_key = DeviceKey.es256()
-    assert claimant.ask(other_id, serial=unique("s"), key=other_key)["reason"] == "PENDING_APPROVAL"
-    denied = seed.admin.ok("POST", f"{seed.registry.name}/provisioningApprovals/{other_id}:deny", body={})
+    assert claimant.ask(other_id, serial=other_serial, key=other_key)["reason"] == "PENDING_APPROVAL"
+    other_pending = [a for a in approvals(seed, state="PENDING") if a["deviceId"] == other_id]
+    denied = seed.admin.ok("POST", f"{seed.registry.name}/provisioningApprovals/{other_id}:deny",
+                           body={"keyFingerprint": other_pending[0]["keyFingerprint"]})
     assert denied["state"] == "DENIED", denied
-    refused = claimant.ask(other_id, serial=unique("s"), key=other_key)
+    refused = claimant.ask(other_id, serial=other_serial, key=other_key)
     assert refused["decision"] == "DENIED" and refused["reason"] == "APPROVAL_DENIED", refused
     assert decisions(seed, bootstrap=bootstrap, reason="APPROVAL_DENIED")
     # Deciding twice is an error the operator can read.
-    again = seed.admin.request("POST", f"{seed.registry.name}/provisioningApprovals/{other_id}:approve", body={})
+    again = seed.admin.request("POST", f"{seed.registry.name}/provisioningApprovals/{other_id}:approve",
+                               body={"keyFingerprint": other_pending[0]["keyFingerprint"]})
     assert again.status_code == 400 and "already DENIED" in again.text, again.text
 
 

@@ -33,6 +33,8 @@ pub struct RegistryServiceOptions {
     pub allowed_locations: Option<Vec<String>>,
     /// Least time between two config updates of one device (IoT Core: 1 s); zero disables.
     pub config_update_min_interval: Duration,
+    /// Fleet provisioning's limits (decisions kept per bootstrap, decision retention).
+    pub provisioning: crate::provisioning::ProvisioningOptions,
 }
 
 impl Default for RegistryServiceOptions {
@@ -40,6 +42,7 @@ impl Default for RegistryServiceOptions {
         RegistryServiceOptions {
             allowed_locations: None,
             config_update_min_interval: Duration::seconds(1),
+            provisioning: Default::default(),
         }
     }
 }
@@ -394,6 +397,10 @@ impl RegistryService {
 
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
+    }
+
+    pub fn options(&self) -> &RegistryServiceOptions {
+        &self.options
     }
 
     fn check_location(&self, location: &LocationName) -> Result<(), Rejection> {

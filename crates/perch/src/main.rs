@@ -82,6 +82,14 @@ struct ServeArgs {
     /// Days the telemetry sink keeps rows and anomalies (0: forever)
     #[arg(long, default_value_t = 0)]
     telemetry_retention_days: u32,
+    /// Provisioning decisions kept per bootstrap; past it the bootstrap's refusals and repeats
+    /// are answered and counted but not stored
+    #[arg(long, default_value_t = perch_registry::provisioning::DECISIONS_PER_BOOTSTRAP_DEFAULT,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    provisioning_decisions_per_bootstrap: u64,
+    /// Days provisioning decisions are kept (0: forever); purged at startup and hourly
+    #[arg(long, default_value_t = perch_registry::provisioning::DECISION_RETENTION_DAYS_DEFAULT)]
+    provisioning_decision_retention_days: u32,
     /// PostgreSQL registry (scale-out; not built yet)
     #[arg(long)]
     postgres: Option<String>,
@@ -163,6 +171,14 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         telemetry_retention: (args.telemetry_retention_days > 0).then(|| {
             std::time::Duration::from_secs(u64::from(args.telemetry_retention_days) * 86_400)
         }),
+        provisioning: perch_registry::provisioning::ProvisioningOptions {
+            decisions_per_bootstrap: args.provisioning_decisions_per_bootstrap,
+            decision_retention: (args.provisioning_decision_retention_days > 0).then(|| {
+                std::time::Duration::from_secs(
+                    u64::from(args.provisioning_decision_retention_days) * 86_400,
+                )
+            }),
+        },
     };
     perch::serve(config, data_dir, listeners, shutdown_signal()).await
 }

@@ -35,6 +35,8 @@ pub struct ServeConfig {
     pub bridge: BridgeOptions,
     /// How long the telemetry sink keeps rows (None: forever).
     pub telemetry_retention: Option<std::time::Duration>,
+    /// Fleet provisioning's decision cap per bootstrap and decision retention.
+    pub provisioning: perch_registry::provisioning::ProvisioningOptions,
 }
 
 /// Listeners bound by the caller (port 0 in tests). The device listeners are optional so that
@@ -80,7 +82,10 @@ pub async fn serve(
     let registry = RegistryService::new(
         Arc::new(store),
         Arc::new(SystemClock),
-        RegistryServiceOptions::default(),
+        RegistryServiceOptions {
+            provisioning: config.provisioning.clone(),
+            ..Default::default()
+        },
     );
     registry.set_certificate_issuer(Arc::new(tls::DeviceCertificateIssuer::load(&material)?));
     let devices = DeviceManagerApi::new(registry.clone());
@@ -121,6 +126,12 @@ pub async fn serve(
             .with_retention(config.telemetry_retention)
             .run(stop_rx.clone()),
     );
+    let retention_task = config.provisioning.decision_retention.map(|retention| {
+        tokio::spawn(
+            perch_registry::provisioning::ProvisioningService::new(registry.clone())
+                .run_decision_retention(retention, stop_rx.clone()),
+        )
+    });
     let bridge = Bridge::new(
         registry,
         pubsub.clone(),
@@ -211,6 +222,9 @@ pub async fn serve(
         let _ = t.await;
     }
     let _ = sink_task.await;
+    if let Some(t) = retention_task {
+        let _ = t.await;
+    }
     // Acks taken while draining are written before we exit.
     if let Err(e) = pubsub.flush_progress().await {
         tracing::error!(error = %e, "could not save acknowledgement progress; acked messages may be redelivered");

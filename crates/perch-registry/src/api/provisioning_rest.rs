@@ -4,7 +4,8 @@
 //! - `GET …/registries/R/provisioningPolicy`, `POST …/provisioningPolicy:add|:remove` `{"entries": […]}`
 //! - `GET …/registries/R/provisioningDecisions?bootstrap=&reason=&pageSize=`
 //! - `GET …/registries/R/provisioningApprovals?state=PENDING|APPROVED|DENIED`,
-//!   `POST …/provisioningApprovals/D:approve|:deny` (re-provisioning held by REQUIRE_APPROVAL)
+//!   `POST …/provisioningApprovals/D:approve|:deny` `{"keyFingerprint"}` (re-provisioning held by
+//!   REQUIRE_APPROVAL; the fingerprint must be the pending request's)
 //! - `GET|PUT …/registries/R/provisioningWebhook` `{"url", "timeoutMs", "onError": "DENY"|"ALLOW"}` (empty url clears)
 //!
 //! JSON is camelCase; errors are `google.rpc.Status` like the rest of the admin API.
@@ -19,6 +20,14 @@ use tonic::Status;
 use super::to_status;
 use crate::provisioning::ProvisioningService;
 use crate::provisioning::model::{Bootstrap, PolicyEntry, Webhook};
+
+/// The body of `:approve` / `:deny`: the key fingerprint the operator decides on.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ApprovalDecision {
+    #[serde(default)]
+    key_fingerprint: String,
+}
 
 #[derive(Deserialize)]
 struct Entries {
@@ -125,7 +134,10 @@ pub(crate) async fn handle(
                 json(&serde_json::json!({ "approvals": approvals }))
             }
             ("provisioningApprovals", Some(device), Some(v @ ("approve" | "deny")), &Method::POST) => {
-                json(&service.decide_approval(r, device, v == "approve").await.map_err(to_status)?)
+                // The operator names the key decided on, so a newer request's key is never
+                // approved in its place.
+                let d: ApprovalDecision = body(raw)?;
+                json(&service.decide_approval(r, device, &d.key_fingerprint, v == "approve").await.map_err(to_status)?)
             }
             _ => return Err(Status::not_found(format!("no provisioning method serves {method} /v1/{path}"))),
         })

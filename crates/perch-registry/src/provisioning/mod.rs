@@ -1,8 +1,10 @@
 //! Fleet provisioning (docs/provisioning.md): bootstrap credentials that may only ask for
 //! device credentials, allow/deny lists, and the validation that turns a request into a
-//! registered device or a refusal with a machine-readable reason. Every decision is stored.
+//! registered device or a refusal with a machine-readable reason. Decisions are stored with
+//! bounded claims, at most a cap of refusals per bootstrap, and purged after a retention.
 //!
-//! Owns the rules; the device protocol lives in the bridge, the admin surface in `api::rest`.
+//! Owns the rules and their limits; the device protocol lives in the bridge, the admin
+//! surface in `api::provisioning_rest`.
 
 pub mod model;
 
@@ -36,8 +38,47 @@ pub const DEFAULT_PROVISIONS_PER_SECOND: u32 = 5_000;
 /// Webhook answer deadline when the operator sets none, and the most it may be set to.
 pub const WEBHOOK_TIMEOUT_DEFAULT_MS: u64 = 2_000;
 pub const WEBHOOK_TIMEOUT_MAX_MS: u64 = 30_000;
+/// Longest webhook `reason` a stored decision's message keeps, in bytes (the rest is cut).
+pub const WEBHOOK_REASON_MAX_BYTES: usize = 512;
 /// Most policy entries one registry may hold.
 pub const POLICY_ENTRIES_MAX: usize = 100_000;
+/// Longest `serial` claim, in bytes; a longer one is INVALID_REQUEST and is not stored.
+pub const CLAIM_SERIAL_MAX_BYTES: usize = 128;
+/// Longest `mac` claim, in bytes (a MAC or EUI-64 in any spelling fits); longer: INVALID_REQUEST.
+pub const CLAIM_MAC_MAX_BYTES: usize = 64;
+/// Longest `device_id` claim, in bytes (the longest valid device id); longer: INVALID_REQUEST.
+pub const CLAIM_DEVICE_ID_MAX_BYTES: usize = 255;
+/// Longest `request_id` (the MQTT topic allows 64; the HTTP body is held to the same).
+pub const REQUEST_ID_MAX_BYTES: usize = 64;
+/// Longest public key or CSR PEM a request may bring (an RSA-4096 CSR is about 2 KB).
+pub const REQUEST_KEY_MAX_BYTES: usize = 16 * 1024;
+/// Decisions stored per bootstrap before its refusals and repeats stop being stored (they are
+/// still answered and counted); `perch serve --provisioning-decisions-per-bootstrap`.
+pub const DECISIONS_PER_BOOTSTRAP_DEFAULT: u64 = 10_000;
+/// Days a decision is kept; `perch serve --provisioning-decision-retention-days` (0 = forever).
+pub const DECISION_RETENTION_DAYS_DEFAULT: u32 = 90;
+/// How often the retention purge runs (also once at startup).
+pub const DECISION_PURGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Fleet provisioning's operator-tunable limits (`perch serve` flags).
+#[derive(Debug, Clone)]
+pub struct ProvisioningOptions {
+    /// Decisions kept per bootstrap before refusals and repeats are no longer stored.
+    pub decisions_per_bootstrap: u64,
+    /// How long decisions are kept (None: forever).
+    pub decision_retention: Option<std::time::Duration>,
+}
+
+impl Default for ProvisioningOptions {
+    fn default() -> Self {
+        ProvisioningOptions {
+            decisions_per_bootstrap: DECISIONS_PER_BOOTSTRAP_DEFAULT,
+            decision_retention: Some(std::time::Duration::from_secs(
+                u64::from(DECISION_RETENTION_DAYS_DEFAULT) * 86_400,
+            )),
+        }
+    }
+}
 
 /// DER prefix of a P-256 SubjectPublicKeyInfo (id-ecPublicKey, prime256v1), before the point.
 const P256_SPKI_PREFIX: [u8; 26] = [
@@ -132,8 +173,9 @@ fn changed_bootstrap(
     serde_json::to_vec(&b).map_err(internal)
 }
 
-/// A record update that bumps a counter of a stored bootstrap (none stored: nothing to count).
-fn bump_bootstrap(bump: fn(&mut Bootstrap)) -> RecordUpdate {
+/// A record update that changes the counters of a stored bootstrap (none stored: nothing to
+/// count).
+fn bump_bootstrap(bump: impl FnOnce(&mut Bootstrap) + Send + 'static) -> RecordUpdate {
     Box::new(move |current: Option<Vec<u8>>| {
         current
             .map(|bytes| {
@@ -219,8 +261,11 @@ pub struct ProvisioningService {
 
 impl ProvisioningService {
     pub fn new(registry: RegistryService) -> ProvisioningService {
+        // Webhook URLs are operator-trusted, but a redirect is never followed: the operator named
+        // the host that decides (a 3xx is answered WEBHOOK_ERROR).
         let http = reqwest::Client::builder()
             .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_default();
         ProvisioningService {
@@ -347,6 +392,22 @@ impl ProvisioningService {
                 );
             }
         };
+        if response.status().is_redirection() {
+            // A misconfiguration, not an outage: refused even with `onError: ALLOW`.
+            let to = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("nowhere");
+            return Err((
+                Reason::WebhookError,
+                format!(
+                    "the webhook answered HTTP {} (a redirect to `{}`); redirects are not followed: set the webhook url to the final address",
+                    response.status(),
+                    truncated(to, 256)
+                ),
+            ));
+        }
         if !response.status().is_success() {
             return on_error(
                 Reason::WebhookError,
@@ -366,7 +427,10 @@ impl ProvisioningService {
                 if a.reason.is_empty() {
                     "the webhook said no".into()
                 } else {
-                    format!("the webhook said no: {}", a.reason)
+                    format!(
+                        "the webhook said no: {}",
+                        truncated(&a.reason, WEBHOOK_REASON_MAX_BYTES)
+                    )
                 },
             )),
             Ok(Err(e)) => on_error(
@@ -420,6 +484,7 @@ impl ProvisioningService {
         }
         b.provisioned = 0;
         b.refused = 0;
+        b.decisions = 0;
         b.enabled = true;
         b.create_time = self.registry.clock().now();
         self.store()
@@ -700,31 +765,156 @@ impl ProvisioningService {
         }
     }
 
+    /// Deletes the decisions made before `cutoff`, in every registry, and counts them off their
+    /// bootstraps' `decisions`; returns how many. Registries are visited newest key first, one
+    /// hop each (`list_records_rev` before the registry's prefix), each purged oldest first.
+    pub async fn purge_decisions(&self, cutoff: DateTime<Utc>) -> Result<usize> {
+        let cutoff_nanos = cutoff.timestamp_nanos_opt().unwrap_or(i64::MAX);
+        let mut purged = 0;
+        let mut before = None;
+        loop {
+            let last = self
+                .store()
+                .list_records_rev(RecordKind::Decision, "", before.take(), 1)
+                .await?;
+            let Some((registry, _)) = last.first().and_then(|(k, _)| k.rsplit_once('/')) else {
+                return Ok(purged);
+            };
+            let prefix = format!("{registry}/");
+            purged += self.purge_registry_decisions(&prefix, cutoff_nanos).await?;
+            before = Some(prefix);
+        }
+    }
+
+    /// Deletes one registry's decisions older than `cutoff_nanos`, a page per commit.
+    async fn purge_registry_decisions(&self, prefix: &str, cutoff_nanos: i64) -> Result<usize> {
+        let mut purged = 0;
+        loop {
+            let page = self
+                .store()
+                .list_records(RecordKind::Decision, prefix, DECISIONS_PAGE)
+                .await?;
+            let old: Vec<&(String, Vec<u8>)> = page
+                .iter()
+                .take_while(|(k, _)| decision_key_nanos(k).is_some_and(|n| n < cutoff_nanos))
+                .collect();
+            if old.is_empty() {
+                return Ok(purged);
+            }
+            let mut per_bootstrap: BTreeMap<String, u64> = BTreeMap::new();
+            let mut updates: Vec<(RecordKind, String, RecordUpdate)> = Vec::new();
+            for (key, value) in &old {
+                if let Ok(d) = serde_json::from_slice::<Decision>(value) {
+                    *per_bootstrap.entry(d.bootstrap).or_default() += 1;
+                }
+                updates.push((RecordKind::Decision, key.clone(), Box::new(|_| Ok(None))));
+            }
+            for (bootstrap, n) in per_bootstrap {
+                updates.push((
+                    RecordKind::Bootstrap,
+                    format!("{prefix}bootstraps/{bootstrap}"),
+                    bump_bootstrap(move |b| b.decisions = b.decisions.saturating_sub(n)),
+                ));
+            }
+            let n = old.len();
+            self.store().update_records(updates).await?;
+            purged += n;
+            if n < page.len() {
+                return Ok(purged);
+            }
+        }
+    }
+
+    /// Purges decisions older than `retention` now and every `DECISION_PURGE_INTERVAL` until
+    /// `stop` turns true (`perch serve` runs it when a retention is set).
+    pub async fn run_decision_retention(
+        self,
+        retention: std::time::Duration,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+        loop {
+            let cutoff = self
+                .registry
+                .clock()
+                .now()
+                .checked_sub_signed(retention)
+                .unwrap_or(DateTime::<Utc>::MIN_UTC);
+            match self.purge_decisions(cutoff).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    purged = n,
+                    "provisioning decisions past their retention purged"
+                ),
+                Err(e) => tracing::warn!(error = %e, "purging old provisioning decisions failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(DECISION_PURGE_INTERVAL) => {}
+                _ = stop.wait_for(|stop| *stop) => return,
+            }
+        }
+    }
+
     /// A new decision's record key: registry, then time, so a registry's decisions list in order.
     fn decision_key(registry: &RegistryName, d: &Decision) -> String {
         let nanos = d.time.timestamp_nanos_opt().unwrap_or_default();
         format!("{registry}/{nanos:020}-{:016x}", rand::random::<u64>())
     }
 
-    /// Stores a decision alone (allowed answers that changed no device in this request).
-    async fn record(&self, registry: &RegistryName, d: &Decision) -> Result<()> {
+    /// Stores a decision and counts it on its bootstrap (`bump`, and its `decisions`), in one
+    /// commit. A decision that changed no device (`Keep::UnderCap`: a refusal or a repeat) is
+    /// stored only while the bootstrap holds fewer than the cap; past it, and when the bootstrap
+    /// is gone, only the counters move. So a bootstrap cannot fill the disk with refusals.
+    async fn store_decision(
+        &self,
+        registry: &RegistryName,
+        d: &Decision,
+        bump: fn(&mut Bootstrap),
+        keep: Keep,
+    ) -> Result<()> {
+        let cap = self.options().decisions_per_bootstrap;
+        let stored = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let count = {
+            let stored = stored.clone();
+            bump_bootstrap(move |b| {
+                bump(b);
+                if keep == Keep::Always || b.decisions < cap {
+                    b.decisions += 1;
+                    stored.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
+        };
+        let bytes = encode(d)?;
+        let write: RecordUpdate = Box::new(move |_| {
+            Ok(stored
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .then_some(bytes))
+        });
         self.store()
-            .put_record(
-                RecordKind::Decision,
-                &Self::decision_key(registry, d),
-                encode(d)?,
-                false,
-            )
+            .update_records(vec![
+                (
+                    RecordKind::Bootstrap,
+                    bootstrap_key(registry, &d.bootstrap),
+                    count,
+                ),
+                (RecordKind::Decision, Self::decision_key(registry, d), write),
+            ])
             .await?;
         Ok(())
     }
 
+    fn options(&self) -> &ProvisioningOptions {
+        &self.registry.options().provisioning
+    }
+
     // ----- the request -----
 
-    /// Validates a request in order (bootstrap → request → denylist → allowlist → webhook →
-    /// existing device) and, when allowed, registers the device with its own credential. Always
-    /// returns the decision, which is also stored — for a new device in the same commit that
-    /// creates it and takes its slot of the bootstrap's quota.
+    /// Answers a request in order: the bootstrap's rate (a request over it is answered
+    /// RATE_LIMITED and not stored), the request's size limits, then `evaluate`'s checks
+    /// (bootstrap → request → denylist → allowlist → existing device → webhook). When allowed,
+    /// registers the device with its own credential. Always returns the decision, which is
+    /// also stored — for a new device in the same commit that creates it and takes its slot of
+    /// the bootstrap's quota; a refusal within the bootstrap's decision cap.
     pub async fn provision(
         &self,
         registry: &RegistryName,
@@ -736,8 +926,8 @@ impl ProvisioningService {
             time: now,
             registry: registry.to_string(),
             bootstrap: bootstrap_id.to_owned(),
-            request_id: request.request_id.clone(),
-            claims: request.claims.clone(),
+            request_id: truncated(&request.request_id, REQUEST_ID_MAX_BYTES).to_owned(),
+            claims: bounded_claims(&request.claims),
             decision: "DENIED".into(),
             reason: None,
             message: String::new(),
@@ -748,21 +938,40 @@ impl ProvisioningService {
             certificate: None,
             private_key: None,
         };
-        match self
-            .evaluate(registry, bootstrap_id, &request, now, &mut decision)
-            .await
-        {
+        let admitted = self.admit(registry, bootstrap_id).await?;
+        let was_admitted = admitted.is_ok();
+        let outcome = match admitted {
+            Err(refusal) => Err(refusal),
+            Ok(()) => match oversized(&request) {
+                Some(message) => Err((Reason::InvalidRequest, message)),
+                None => {
+                    self.evaluate(registry, bootstrap_id, &request, now, &mut decision)
+                        .await
+                }
+            },
+        };
+        match outcome {
             Ok(Allowed::Stored(device)) => allow(&mut decision, registry, &device),
-            Ok(Allowed::Unstored(device)) => {
+            Ok(Allowed::Rotated(device)) => {
                 allow(&mut decision, registry, &device);
-                self.record(registry, &decision).await?;
+                self.store_decision(registry, &decision, |b| b.provisioned += 1, Keep::Always)
+                    .await?;
+            }
+            Ok(Allowed::Repeat(device)) => {
+                allow(&mut decision, registry, &device);
+                self.store_decision(registry, &decision, |_| {}, Keep::UnderCap)
+                    .await?;
             }
             Err((reason, message)) => {
                 decision.private_key = None;
                 decision.certificate = None;
                 decision.reason = Some(reason);
                 decision.message = message;
-                self.store_refusal(registry, &decision).await?;
+                // Refused before admission (over the rate, or no such bootstrap): not stored.
+                if was_admitted {
+                    self.store_decision(registry, &decision, |b| b.refused += 1, Keep::UnderCap)
+                        .await?;
+                }
             }
         }
         metrics::counter!(
@@ -778,23 +987,32 @@ impl ProvisioningService {
         Ok(decision)
     }
 
-    /// Stores a refusal and counts it on its bootstrap, in one commit.
-    async fn store_refusal(&self, registry: &RegistryName, d: &Decision) -> Result<()> {
-        self.store()
-            .update_records(vec![
-                (
-                    RecordKind::Bootstrap,
-                    bootstrap_key(registry, &d.bootstrap),
-                    bump_bootstrap(|b| b.refused += 1),
+    /// The first check, before anything is stored: the bootstrap exists and is under its rate
+    /// (every request takes a token, refusals and repeats included).
+    async fn admit(
+        &self,
+        registry: &RegistryName,
+        bootstrap_id: &str,
+    ) -> Result<std::result::Result<(), (Reason, String)>> {
+        let b = match self.get_bootstrap(registry, bootstrap_id).await {
+            Ok(b) => b,
+            Err(e) if e.code() == ErrorCode::NotFound => {
+                return Ok(Err((
+                    Reason::BootstrapDisabled,
+                    format!("bootstrap `{bootstrap_id}` no longer exists"),
+                )));
+            }
+            Err(e) => return Err(e),
+        };
+        if !self.take_token(&b) {
+            return Ok(Err((
+                Reason::RateLimited,
+                format!(
+                    "bootstrap `{bootstrap_id}` is provisioning faster than it may; retry shortly"
                 ),
-                (
-                    RecordKind::Decision,
-                    Self::decision_key(registry, d),
-                    put(encode(d)?),
-                ),
-            ])
-            .await?;
-        Ok(())
+            )));
+        }
+        Ok(Ok(()))
     }
 
     async fn evaluate(
@@ -890,14 +1108,6 @@ impl ProvisioningService {
         if b.provisioned >= b.device_quota && !repeat {
             return Err(quota_exceeded());
         }
-        if !repeat && !self.take_token(&b) {
-            return Err((
-                Reason::RateLimited,
-                format!(
-                    "bootstrap `{bootstrap_id}` is provisioning faster than it may; retry shortly"
-                ),
-            ));
-        }
         if !glob_matches(&b.device_id_pattern, id.as_str()) {
             return Err((
                 Reason::InvalidRequest,
@@ -947,28 +1157,36 @@ impl ProvisioningService {
         if let Some(existing) = existing.as_ref().filter(|_| repeat) {
             decision.rule = "repeat of an allowed request".into();
             decision.certificate = self.certificate_for(request, &credential.key, &existing.id)?;
-            return Ok(Allowed::Unstored(existing.clone()));
+            return Ok(Allowed::Repeat(existing.clone()));
+        }
+        if let Some(existing) = &existing {
+            // Re-provisioning (ROTATE or REQUIRE_APPROVAL) reaches only a device this bootstrap
+            // provisioned for the same serial: never one an operator made, nor another batch's.
+            if b.reprovision_policy == ReprovisionPolicy::Deny {
+                return Err((
+                    Reason::AlreadyRegistered,
+                    format!("device `{id}` is already registered"),
+                ));
+            }
+            if !provisioned_for(existing, &b.id, &request.claims.serial) {
+                return Err((
+                    Reason::AlreadyRegistered,
+                    format!(
+                        "device `{id}` is already registered and was not provisioned by bootstrap `{}` for this serial; only such a device may be re-provisioned",
+                        b.id
+                    ),
+                ));
+            }
         }
         if !snapshot.webhook.url.is_empty() {
             self.ask_webhook(&snapshot.webhook, &b, request, &fingerprint)
                 .await?;
             decision.rule = format!("webhook {}", snapshot.webhook.url);
         }
-        if existing.is_some() {
-            match b.reprovision_policy {
-                ReprovisionPolicy::Deny => {
-                    return Err((
-                        Reason::AlreadyRegistered,
-                        format!("device `{id}` is already registered"),
-                    ));
-                }
-                ReprovisionPolicy::RequireApproval => {
-                    return Err(self
-                        .hold_for_approval(registry, &b, request, &fingerprint, snapshot.approval)
-                        .await);
-                }
-                ReprovisionPolicy::Rotate => {}
-            }
+        if existing.is_some() && b.reprovision_policy == ReprovisionPolicy::RequireApproval {
+            return Err(self
+                .hold_for_approval(registry, &b, request, &fingerprint, snapshot.approval)
+                .await);
         }
         // Only now, with every check passed, may Perch's CA sign the CSR; the certificate then
         // becomes the device's credential.
@@ -982,10 +1200,7 @@ impl ProvisioningService {
             let device = self
                 .rotate(&name, credential, provisioned, existing.metadata)
                 .await?;
-            self.count_provisioned(registry, bootstrap_id)
-                .await
-                .map_err(internal)?;
-            return Ok(Allowed::Unstored(device));
+            return Ok(Allowed::Rotated(device));
         }
         let mut device = Device::new(id.clone(), 0);
         device.credentials = vec![credential];
@@ -997,6 +1212,7 @@ impl ProvisioningService {
                     return Err(Rejection::new(ErrorCode::ResourceExhausted, "quota"));
                 }
                 b.provisioned += 1;
+                b.decisions += 1;
                 Ok(())
             })
             .map(Some)
@@ -1095,19 +1311,6 @@ impl ProvisioningService {
             allowed,
             has_allowlist: !has_allowlist.is_empty(),
         })
-    }
-
-    /// Counts a rotation against the bootstrap's quota.
-    async fn count_provisioned(&self, registry: &RegistryName, bootstrap_id: &str) -> Result<()> {
-        let count = bump_bootstrap(|b| b.provisioned += 1);
-        self.store()
-            .update_record(
-                RecordKind::Bootstrap,
-                &bootstrap_key(registry, bootstrap_id),
-                count,
-            )
-            .await?;
-        Ok(())
     }
 
     /// Replaces an existing device's credentials with a newly provisioned one and records who
@@ -1238,15 +1441,24 @@ impl ProvisioningService {
         Ok(out)
     }
 
-    /// Decides a pending approval. Approving replaces the device's credential with the held
-    /// key at once (a CSR is signed now) and stores an ALLOWED decision; the device's next
-    /// retry is answered as a repeat. Denying makes retries with that key APPROVAL_DENIED.
+    /// Decides a pending approval, which the operator names by device and key fingerprint: a
+    /// newer request that replaced the key the operator saw makes this FAILED_PRECONDITION.
+    /// Approving replaces the device's credential with the held key at once (a CSR is signed
+    /// now) and stores an ALLOWED decision; the device's next retry is answered as a repeat.
+    /// Denying makes retries with that key APPROVAL_DENIED.
     pub async fn decide_approval(
         &self,
         registry: &RegistryName,
         device_id: &str,
+        key_fingerprint: &str,
         approve: bool,
     ) -> Result<Approval> {
+        if key_fingerprint.is_empty() {
+            return Err(Rejection::invalid_argument(format!(
+                "name the key you decide on: keyFingerprint, as `perch provision approvals list` shows it for device `{device_id}`"
+            ))
+            .into());
+        }
         let key = approval_key(registry, device_id);
         let mut approval: Approval =
             match self.store().get_record(RecordKind::Approval, &key).await? {
@@ -1262,6 +1474,13 @@ impl ProvisioningService {
             return Err(Rejection::failed_precondition(format!(
                 "the approval for device `{device_id}` is already {}",
                 approval.state.as_str()
+            ))
+            .into());
+        }
+        if approval.key_fingerprint != key_fingerprint {
+            return Err(Rejection::failed_precondition(format!(
+                "the approval for device `{device_id}` now holds key {}, not {key_fingerprint}: a newer request replaced it; list the approvals again and decide on that key",
+                approval.key_fingerprint
             ))
             .into());
         }
@@ -1305,6 +1524,13 @@ impl ProvisioningService {
                 device: DeviceRef::Id(id),
             };
             let existing = self.registry.get_device(&name).await?;
+            if !provisioned_for(&existing, &approval.bootstrap, &approval.claims.serial) {
+                return Err(Rejection::failed_precondition(format!(
+                    "device `{device_id}` is no longer the one bootstrap `{}` provisioned for this serial; deny this approval",
+                    approval.bootstrap
+                ))
+                .into());
+            }
             let lot = existing.metadata.get("lot").cloned().unwrap_or_default();
             let provisioned =
                 provisioned_metadata(&approval.bootstrap, &lot, &approval.claims, &fingerprint);
@@ -1326,6 +1552,11 @@ impl ProvisioningService {
         approval.decide_time = Some(now);
         self.store()
             .update_records(vec![
+                (
+                    RecordKind::Bootstrap,
+                    bootstrap_key(registry, &approval.bootstrap),
+                    bump_bootstrap(|b| b.decisions += 1),
+                ),
                 (RecordKind::Approval, key, put(encode(&approval)?)),
                 (
                     RecordKind::Decision,
@@ -1343,10 +1574,89 @@ impl ProvisioningService {
 }
 
 /// What validation allowed: a new device whose decision was stored with it, or an existing one
-/// (a repeat or a rotation) whose decision is still to be stored.
+/// whose decision is still to be stored: rotated to the new key, or a repeat (unchanged).
 enum Allowed {
     Stored(Device),
-    Unstored(Device),
+    Rotated(Device),
+    Repeat(Device),
+}
+
+/// Whether a decision is stored whatever the bootstrap's decision count (it changed a device),
+/// or only under the cap (a refusal or a repeat).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    Always,
+    UnderCap,
+}
+
+/// Whether `device` was provisioned by bootstrap `bootstrap` for `serial` (a device without a
+/// serial matches only a request without one): the only devices re-provisioning may change.
+fn provisioned_for(device: &Device, bootstrap: &str, serial: &str) -> bool {
+    device.metadata.get("provisionedBy").map(String::as_str) == Some(bootstrap)
+        && device
+            .metadata
+            .get("serial")
+            .map(String::as_str)
+            .unwrap_or("")
+            == serial
+}
+
+/// At most `max` bytes of `s`, cut on a character boundary.
+fn truncated(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// The claims as a decision stores them: a claim over its limit is dropped (the refusal's
+/// message says which and how long it was).
+fn bounded_claims(claims: &model::Claims) -> model::Claims {
+    let keep = |v: &str, max: usize| {
+        if v.len() <= max {
+            v.to_owned()
+        } else {
+            String::new()
+        }
+    };
+    model::Claims {
+        serial: keep(&claims.serial, CLAIM_SERIAL_MAX_BYTES),
+        mac: keep(&claims.mac, CLAIM_MAC_MAX_BYTES),
+        device_id: keep(&claims.device_id, CLAIM_DEVICE_ID_MAX_BYTES),
+    }
+}
+
+/// The first field of a request over its size limit, as a refusal message.
+fn oversized(request: &ProvisionRequest) -> Option<String> {
+    let key = request
+        .public_key
+        .as_ref()
+        .map(|k| k.key.len())
+        .unwrap_or(0);
+    let csr = request.csr.as_ref().map(String::len).unwrap_or(0);
+    [
+        (
+            "serial",
+            request.claims.serial.len(),
+            CLAIM_SERIAL_MAX_BYTES,
+        ),
+        ("mac", request.claims.mac.len(), CLAIM_MAC_MAX_BYTES),
+        (
+            "device_id",
+            request.claims.device_id.len(),
+            CLAIM_DEVICE_ID_MAX_BYTES,
+        ),
+        ("request_id", request.request_id.len(), REQUEST_ID_MAX_BYTES),
+        ("public_key", key, REQUEST_KEY_MAX_BYTES),
+        ("csr", csr, REQUEST_KEY_MAX_BYTES),
+    ]
+    .into_iter()
+    .find(|(_, len, max)| len > max)
+    .map(|(field, len, max)| format!("{field} is {len} bytes; at most {max} are accepted"))
 }
 
 /// The records a request's checks read, from one snapshot: bootstrap, webhook, approval, then
@@ -1368,6 +1678,12 @@ fn allow(decision: &mut Decision, registry: &RegistryName, device: &Device) {
     decision.num_id = Some(device.num_id.to_string());
     decision.name = Some(registry.device_name(device.num_id));
     decision.claims.device_id = device.id.to_string();
+}
+
+/// The time (Unix nanoseconds) in a decision's key `{registry}/{nanos:020}-{random}`.
+fn decision_key_nanos(key: &str) -> Option<i64> {
+    let (_, tail) = key.rsplit_once('/')?;
+    tail.split_once('-')?.0.parse().ok()
 }
 
 fn approval_key(registry: &RegistryName, device_id: &str) -> String {
@@ -1434,6 +1750,154 @@ mod tests {
         let (private, public) = generate_p256_key_pair().unwrap();
         assert!(private.starts_with("-----BEGIN PRIVATE KEY-----"));
         keys::parse_device_key(PublicKeyFormat::Es256Pem, &public).unwrap();
+    }
+
+    #[test]
+    fn oversized_claims_are_named_and_dropped_from_the_stored_claims() {
+        let request = ProvisionRequest {
+            claims: model::Claims {
+                serial: "S".repeat(CLAIM_SERIAL_MAX_BYTES + 1),
+                mac: "m".into(),
+                device_id: "pi-1".into(),
+            },
+            ..Default::default()
+        };
+        assert_eq!(
+            oversized(&request).unwrap(),
+            "serial is 129 bytes; at most 128 are accepted"
+        );
+        let stored = bounded_claims(&request.claims);
+        assert_eq!((stored.serial.as_str(), stored.mac.as_str()), ("", "m"));
+        let csr = ProvisionRequest {
+            csr: Some("x".repeat(REQUEST_KEY_MAX_BYTES + 1)),
+            ..Default::default()
+        };
+        assert!(oversized(&csr).unwrap().starts_with("csr is"));
+        assert!(oversized(&ProvisionRequest::default()).is_none());
+        assert_eq!(truncated("héllo", 2), "h");
+        assert_eq!(
+            decision_key_nanos("projects/p/x/00000000000000000042-ab"),
+            Some(42)
+        );
+    }
+
+    /// A registry service on a fresh embedded store with a hand-set clock, and its provisioning.
+    async fn service(
+        dir: &std::path::Path,
+        cap: u64,
+    ) -> (ProvisioningService, Arc<perch_core::ManualClock>) {
+        let store =
+            perch_store::embedded::EmbeddedRegistryStore::open(&dir.join("r.redb")).unwrap();
+        let clock = Arc::new(perch_core::ManualClock::new(Utc::now()));
+        let options = crate::RegistryServiceOptions {
+            provisioning: ProvisioningOptions {
+                decisions_per_bootstrap: cap,
+                decision_retention: None,
+            },
+            ..Default::default()
+        };
+        let registry = RegistryService::new(Arc::new(store), clock.clone(), options);
+        // The webhook client needs the process's TLS provider, as `perch serve` installs it.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        (ProvisioningService::new(registry), clock)
+    }
+
+    async fn registry_with_bootstrap(p: &ProvisioningService, id: &str) -> RegistryName {
+        let location = perch_core::LocationName {
+            project: "p".into(),
+            location: "us-central1".into(),
+        };
+        let registry = perch_core::model::Registry {
+            project: String::new(),
+            location: String::new(),
+            id: id.parse().unwrap(),
+            event_notification_configs: Vec::new(),
+            state_notification_topic: String::new(),
+            mqtt_state: Default::default(),
+            http_state: Default::default(),
+            log_level: Default::default(),
+            credentials: Vec::new(),
+        };
+        p.registry
+            .create_registry(&location, registry)
+            .await
+            .unwrap();
+        let name = RegistryName::parse(
+            "parent",
+            &format!("projects/p/locations/us-central1/registries/{id}"),
+        )
+        .unwrap();
+        let bootstrap = Bootstrap {
+            id: "lot-1".into(),
+            ..Default::default()
+        };
+        p.create_bootstrap(&name, bootstrap).await.unwrap();
+        p.set_bootstrap_enabled(&name, "lot-1", false)
+            .await
+            .unwrap();
+        name
+    }
+
+    /// A request a disabled bootstrap refuses.
+    fn refused_request() -> ProvisionRequest {
+        ProvisionRequest {
+            request_id: "r".into(),
+            claims: model::Claims {
+                serial: "s".into(),
+                device_id: "pi-1".into(),
+                ..Default::default()
+            },
+            generate_key: Some("ES256".into()),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn refusals_past_the_cap_are_counted_but_not_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, _) = service(dir.path(), 3).await;
+        let reg = registry_with_bootstrap(&p, "reg").await;
+        for _ in 0..5 {
+            let d = p.provision(&reg, "lot-1", refused_request()).await.unwrap();
+            assert_eq!(d.reason, Some(Reason::BootstrapDisabled));
+        }
+        assert_eq!(
+            p.list_decisions(&reg, None, None, 100).await.unwrap().len(),
+            3
+        );
+        let b = p.get_bootstrap(&reg, "lot-1").await.unwrap();
+        assert_eq!((b.refused, b.decisions), (5, 3));
+    }
+
+    #[tokio::test]
+    async fn the_purge_deletes_decisions_past_the_retention_in_every_registry_and_counts_them_off()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, clock) = service(dir.path(), 100).await;
+        // "reg-2" sorts before "reg/" ('-' < '/'): the purge must still find both registries.
+        let regs = [
+            registry_with_bootstrap(&p, "reg").await,
+            registry_with_bootstrap(&p, "reg-2").await,
+            registry_with_bootstrap(&p, "zeta").await,
+        ];
+        for reg in &regs {
+            for _ in 0..3 {
+                p.provision(reg, "lot-1", refused_request()).await.unwrap();
+            }
+        }
+        clock.advance(chrono::Duration::days(91));
+        for reg in &regs {
+            p.provision(reg, "lot-1", refused_request()).await.unwrap();
+        }
+        let cutoff = perch_core::Clock::now(clock.as_ref()) - chrono::Duration::days(90);
+        assert_eq!(p.purge_decisions(cutoff).await.unwrap(), 9);
+        for reg in &regs {
+            let left = p.list_decisions(reg, None, None, 100).await.unwrap();
+            assert_eq!(left.len(), 1, "{reg}");
+            assert!(left[0].time > cutoff);
+            assert_eq!(p.get_bootstrap(reg, "lot-1").await.unwrap().decisions, 1);
+        }
+        assert_eq!(p.purge_decisions(cutoff).await.unwrap(), 0);
     }
 
     #[test]

@@ -49,6 +49,11 @@ pub struct Bootstrap {
     pub provisioned: u64,
     #[serde(default)]
     pub refused: u64,
+    /// Decisions of this bootstrap stored now: refusals and repeats stop being stored when it
+    /// reaches the cap (`--provisioning-decisions-per-bootstrap`); the retention purge counts
+    /// it down.
+    #[serde(default)]
+    pub decisions: u64,
     pub create_time: DateTime<Utc>,
 }
 
@@ -263,7 +268,8 @@ impl ApprovalState {
 }
 
 /// A request to re-provision an existing device under a `REQUIRE_APPROVAL` bootstrap: one per
-/// device, the newest request's key replacing an older pending one.
+/// device, the newest request's key replacing an older pending one. An operator decides on it
+/// by naming its `key_fingerprint`, so a replaced key is never approved by mistake.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Approval {

@@ -65,12 +65,19 @@ pub enum ApprovalsCommand {
     /// Approve: the device's credential is replaced by the key it sent, and its next retry succeeds
     Approve {
         device: String,
+        /// The pending request's key, as `approvals list` shows it (refused if a newer request
+        /// replaced it)
+        #[arg(long)]
+        key_fingerprint: String,
         #[command(flatten)]
         registry: RegistryRef,
     },
     /// Deny: retries with that key are refused with APPROVAL_DENIED
     Deny {
         device: String,
+        /// The pending request's key, as `approvals list` shows it
+        #[arg(long)]
+        key_fingerprint: String,
         #[command(flatten)]
         registry: RegistryRef,
     },
@@ -373,7 +380,7 @@ pub async fn run(args: ProvisionArgs) -> Result<()> {
 
 async fn approvals(c: &ClientArgs, client: &AdminClient, cmd: ApprovalsCommand) -> Result<()> {
     let p = &c.project;
-    let (registry, device, verb) = match cmd {
+    let (registry, device, fingerprint, verb) = match cmd {
         ApprovalsCommand::List { registry, state } => {
             let state = state.to_ascii_uppercase();
             let query: Vec<(&str, String)> = if state == "ALL" {
@@ -414,8 +421,16 @@ async fn approvals(c: &ClientArgs, client: &AdminClient, cmd: ApprovalsCommand) 
             )?;
             return Ok(());
         }
-        ApprovalsCommand::Approve { device, registry } => (registry, device, "approve"),
-        ApprovalsCommand::Deny { device, registry } => (registry, device, "deny"),
+        ApprovalsCommand::Approve {
+            device,
+            key_fingerprint,
+            registry,
+        } => (registry, device, key_fingerprint, "approve"),
+        ApprovalsCommand::Deny {
+            device,
+            key_fingerprint,
+            registry,
+        } => (registry, device, key_fingerprint, "deny"),
     };
     let decided = client
         .call(
@@ -425,7 +440,7 @@ async fn approvals(c: &ClientArgs, client: &AdminClient, cmd: ApprovalsCommand) 
                 registry_path(p, &registry)
             ),
             &[],
-            Some(&json!({})),
+            Some(&json!({ "keyFingerprint": fingerprint })),
         )
         .await?;
     print(c.format, &decided);
