@@ -34,6 +34,9 @@ const CONNECT_MAX_PACKET_BYTES: usize = 64 * 1024;
 const READ_CHUNK_BYTES: usize = 16 * 1024;
 /// An emptied outbound buffer bigger than this is released rather than kept for reuse.
 const OUTBOUND_KEEP_BYTES: usize = 64 * 1024;
+/// When a session ends, output it queued (a PUBACK, a SUBACK) gets this long to reach a device
+/// that reads; a stuck one is not waited for longer.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Why a session ended, for the device's `lastErrorStatus` (None: the client left cleanly).
 pub(crate) struct Closing(pub(crate) Option<(ErrorCode, String)>);
@@ -188,6 +191,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         }
     }
 
+    /// Writes what is still queued, for at most `CLOSE_FLUSH_TIMEOUT`; errors are moot then.
+    async fn flush_before_close(&mut self) {
+        let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, self.flush_all()).await;
+    }
+
     /// Queues a packet and writes it out, within the write timeout.
     pub(crate) async fn send(&mut self, packet: &Packet) -> std::io::Result<()> {
         self.queue(packet)
@@ -298,6 +306,7 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
     let live = metrics::gauge!("perch_mqtt_sessions");
     live.increment(1.0);
     let closing = session.run(&bridge, &mut wire, rx).await;
+    wire.flush_before_close().await;
     live.decrement(1.0);
     if let Closing(Some((code, message))) = closing {
         tracing::debug!(%peer, device = %identity.device_id, code = %code, reason = %message, "device disconnected");
