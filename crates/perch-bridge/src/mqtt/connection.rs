@@ -85,6 +85,28 @@ pub(crate) enum Pumped {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
+    fn new(
+        stream: S,
+        max_packet_bytes: usize,
+        outbound_max_bytes: usize,
+        write_timeout: Duration,
+    ) -> Wire<S> {
+        let (reader, writer) = tokio::io::split(stream);
+        Wire {
+            reader,
+            writer,
+            inbound: BytesMut::with_capacity(READ_CHUNK_BYTES),
+            outbound: BytesMut::with_capacity(1024),
+            unflushed: false,
+            queued: 0,
+            written: 0,
+            progress_at: None,
+            max_packet_bytes,
+            outbound_max_bytes,
+            write_timeout,
+        }
+    }
+
     /// The next complete packet already buffered, if any.
     pub(crate) fn buffered(&mut self) -> Option<Read> {
         match codec::decode(&mut self.inbound, self.max_packet_bytes) {
@@ -230,21 +252,13 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
     stream: S,
     peer: SocketAddr,
 ) {
-    let (reader, writer) = tokio::io::split(stream);
-    let mut wire = Wire {
-        reader,
-        writer,
-        inbound: BytesMut::with_capacity(READ_CHUNK_BYTES),
-        outbound: BytesMut::with_capacity(1024),
-        unflushed: false,
-        queued: 0,
-        written: 0,
-        progress_at: None,
+    let mut wire = Wire::new(
+        stream,
         // A CONNECT with a JWT is a few KB: nobody buffers telemetry-sized packets unauthenticated.
-        max_packet_bytes: CONNECT_MAX_PACKET_BYTES.min(bridge.options.max_packet_bytes),
-        outbound_max_bytes: bridge.options.outbound_queue_max_bytes,
-        write_timeout: bridge.options.write_timeout,
-    };
+        CONNECT_MAX_PACKET_BYTES.min(bridge.options.max_packet_bytes),
+        bridge.options.outbound_queue_max_bytes,
+        bridge.options.write_timeout,
+    );
     let connect = match tokio::time::timeout(bridge.options.connect_timeout, wire.read()).await {
         Err(_) => {
             tracing::debug!(%peer, "no CONNECT in time; closing");
@@ -421,4 +435,59 @@ async fn handshake(
         Instant::now() + until_expiry,
     );
     Ok((session, rx))
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+    use crate::mqtt::codec::{Publish, QoS};
+
+    fn publish(payload_bytes: usize) -> Packet {
+        Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic: "/devices/d/commands".into(),
+            packet_id: None,
+            payload: Bytes::from(vec![b'x'; payload_bytes]),
+        })
+    }
+
+    /// A peer that never reads: the queue is capped, the deadline set, and reading drains it.
+    #[tokio::test]
+    async fn output_a_peer_does_not_read_is_capped_and_has_a_deadline() {
+        let (ours, mut peer) = tokio::io::duplex(1024);
+        let mut wire = Wire::new(ours, 1 << 20, 10_000, Duration::from_secs(5));
+        assert!(wire.write_deadline().is_none());
+        let Ok(first) = wire.queue(&publish(6_000)) else {
+            panic!("one packet always fits");
+        };
+        // A packet bigger than the cap is accepted when nothing waits.
+        assert!(first > 6_000);
+        assert!(wire.queue(&publish(6_000)).is_err(), "over the cap");
+        let deadline = wire.write_deadline().expect("output waits");
+        // The socket takes 1 KiB, then nothing: progress moves the deadline, then it stands.
+        while let Ok(Ok(Pumped::Wrote)) =
+            tokio::time::timeout(Duration::from_millis(10), wire.pump()).await
+        {}
+        assert_eq!(wire.written(), 1024);
+        assert!(wire.written() < first);
+        assert!(wire.write_deadline().expect("still waiting") >= deadline);
+        // Once the peer reads, everything goes out and the deadline is gone.
+        let reader = tokio::spawn(async move {
+            let mut all = Vec::new();
+            let _ = peer.read_to_end(&mut all).await;
+            all.len()
+        });
+        while wire.written() < first {
+            assert!(matches!(wire.pump().await, Ok(Pumped::Wrote)));
+        }
+        assert!(matches!(wire.pump().await, Ok(Pumped::Wrote))); // the flush
+        assert!(wire.write_deadline().is_none());
+        drop(wire);
+        assert_eq!(reader.await.ok(), Some(first as usize));
+    }
 }

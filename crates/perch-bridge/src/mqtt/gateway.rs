@@ -153,7 +153,69 @@ pub(crate) fn error_message(
 
 #[cfg(test)]
 mod tests {
+    use perch_core::model::{DeviceCredential, GatewayType, PublicKeyFormat};
+
     use super::*;
+
+    fn device(id: &str, num_id: u64) -> Device {
+        Device::new(id.parse().unwrap(), num_id)
+    }
+
+    fn gateway_with(method: GatewayAuthMethod) -> Device {
+        let mut gw = device("gateway-1", 1);
+        gw.gateway_config.gateway_type = GatewayType::Gateway;
+        gw.gateway_config.gateway_auth_method = method;
+        gw
+    }
+
+    #[test]
+    fn a_live_attachment_is_rechecked_against_bindings_blocks_and_credentials() {
+        use GatewayAuthMethod::*;
+        let now = Utc::now();
+        let mut child = device("child-1", 2);
+        child.credentials.push(DeviceCredential {
+            format: PublicKeyFormat::Es256Pem,
+            key: "PEM-A".into(),
+            expiration_time: None,
+        });
+        let mut blocked = child.clone();
+        blocked.blocked = true;
+        let mut expired = child.clone();
+        expired.credentials[0].expiration_time = Some(now);
+        // (gateway auth method, child, bound, credential attached with, still allowed)
+        let cases = [
+            (AssociationOnly, &child, true, None, true),
+            (AssociationOnly, &child, false, None, false), // unbound
+            (AssociationOnly, &blocked, true, None, false),
+            (DeviceAuthTokenOnly, &child, false, Some("PEM-A"), true),
+            (DeviceAuthTokenOnly, &child, false, Some("PEM-B"), false), // credential removed
+            (DeviceAuthTokenOnly, &expired, false, Some("PEM-A"), false),
+            (DeviceAuthTokenOnly, &child, true, None, false), // the method changed to need a JWT
+            (
+                AssociationAndDeviceAuthToken,
+                &child,
+                true,
+                Some("PEM-A"),
+                true,
+            ),
+            (
+                AssociationAndDeviceAuthToken,
+                &child,
+                false,
+                Some("PEM-A"),
+                false,
+            ),
+            (Unspecified, &child, true, Some("PEM-A"), false),
+        ];
+        for (method, d, bound, credential, allowed) in cases {
+            let got = recheck_attachment(&gateway_with(method), d, bound, credential, now);
+            assert_eq!(
+                got.is_ok(),
+                allowed,
+                "{method:?} bound={bound} {credential:?}: {got:?}"
+            );
+        }
+    }
 
     #[test]
     fn attach_payloads_are_read_leniently() {
