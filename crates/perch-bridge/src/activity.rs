@@ -1,13 +1,20 @@
-//! Device activity times (`lastHeartbeatTime`, `lastEventTime`), batched: IoT Core let these
-//! lag by minutes, and one registry write per PINGREQ or telemetry message would cost an fsync
-//! each. They are flushed every `FLUSH_INTERVAL`, `FLUSH_BATCH` devices per store transaction.
+//! Device activity times (`lastHeartbeatTime`, `lastEventTime`) and the latest error
+//! (`lastErrorTime`, `lastErrorStatus`), batched: IoT Core let these lag by minutes, and one
+//! registry write per PINGREQ, telemetry message or refused CONNECT would cost an fsync each (and
+//! let anyone who knows a device id write to the registry at will). They are flushed every
+//! `FLUSH_INTERVAL`, `FLUSH_BATCH` devices per store transaction.
+//!
+//! Invariant: the pending map holds at most one entry per existing device (callers only report
+//! devices they looked up), so however often a device fails, it costs at most one registry write
+//! per `FLUSH_INTERVAL`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use perch_core::{DeviceRef, RegistryName};
+use perch_core::model::ErrorStatus;
+use perch_core::{DeviceRef, ErrorCode, RegistryName};
 use perch_registry::RegistryService;
 use tokio::sync::watch;
 
@@ -16,10 +23,13 @@ pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_secs(2);
 /// Devices whose activity one store transaction writes.
 const FLUSH_BATCH: usize = 1000;
 
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct Times {
     heartbeat: Option<DateTime<Utc>>,
     event: Option<DateTime<Utc>>,
+    /// The latest error since the last flush; earlier ones are overwritten (only the latest is
+    /// visible on the device anyway).
+    error: Option<(DateTime<Utc>, ErrorStatus)>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -37,6 +47,24 @@ impl Activity {
     pub(crate) fn event(&self, registry: &RegistryName, num_id: u64, at: DateTime<Utc>) {
         if let Ok(mut p) = self.pending.lock() {
             p.entry((registry.clone(), num_id)).or_default().event = Some(at);
+        }
+    }
+
+    /// Records `lastErrorTime` / `lastErrorStatus` at the next flush.
+    pub(crate) fn error(
+        &self,
+        registry: &RegistryName,
+        num_id: u64,
+        at: DateTime<Utc>,
+        code: ErrorCode,
+        message: String,
+    ) {
+        if let Ok(mut p) = self.pending.lock() {
+            let status = ErrorStatus {
+                code: code.grpc_code(),
+                message,
+            };
+            p.entry((registry.clone(), num_id)).or_default().error = Some((at, status));
         }
     }
 
@@ -58,6 +86,10 @@ impl Activity {
                             }
                             if times.event.is_some() {
                                 d.last_event_time = times.event;
+                            }
+                            if let Some((at, status)) = times.error {
+                                d.last_error_time = Some(at);
+                                d.last_error_status = Some(status);
                             }
                         });
                     (reg, DeviceRef::NumId(num_id), update)

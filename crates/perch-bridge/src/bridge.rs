@@ -15,6 +15,23 @@ use crate::activity::Activity;
 use crate::mqtt::codec::DEFAULT_MAX_PACKET_BYTES;
 use crate::sessions::Sessions;
 
+/// How long queued MQTT output may make no progress (the device reads nothing) before the
+/// connection closes with DEADLINE_EXCEEDED. Default 10 s; `perch serve --mqtt-write-timeout`.
+pub const MQTT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes of MQTT output one connection may have queued for a device that does not read; more
+/// closes it with RESOURCE_EXHAUSTED (one packet is always accepted). Default 1 MiB.
+pub const MQTT_OUTBOUND_QUEUE_MAX_BYTES: usize = 1024 * 1024;
+/// Distinct command-subscription filters one MQTT connection may hold, over the device and every
+/// device attached through it; one more closes it with RESOURCE_EXHAUSTED. Repeated filters do
+/// not count. Default 1,000; `perch serve --mqtt-command-filters-max`.
+pub const MQTT_COMMAND_FILTERS_MAX: usize = 1_000;
+/// SUBSCRIBE and UNSUBSCRIBE packets per second one MQTT connection may sustain; faster closes
+/// it with RESOURCE_EXHAUSTED. Default 10; `perch serve --mqtt-subscribe-rate`.
+pub const MQTT_SUBSCRIBES_PER_SECOND: f64 = 10.0;
+/// SUBSCRIBE and UNSUBSCRIBE packets one MQTT connection may send at once above its sustained
+/// rate (a gateway subscribing for its attached devices). Default 1,000.
+pub const MQTT_SUBSCRIBE_BURST: f64 = 1_000.0;
+
 /// Limits and timeouts of the device bridges (defaults follow IoT Core, SPEC.md §4.10).
 #[derive(Debug, Clone)]
 pub struct BridgeOptions {
@@ -49,6 +66,16 @@ pub struct BridgeOptions {
     /// How long `sendCommandToDevice` waits for the PUBACK of a QoS 1 command before answering
     /// DEADLINE_EXCEEDED (Perch choice, SPEC.md §4.8).
     pub command_ack_timeout: Duration,
+    /// See `MQTT_WRITE_TIMEOUT`.
+    pub write_timeout: Duration,
+    /// See `MQTT_OUTBOUND_QUEUE_MAX_BYTES`.
+    pub outbound_queue_max_bytes: usize,
+    /// See `MQTT_COMMAND_FILTERS_MAX`.
+    pub command_filters_max: usize,
+    /// See `MQTT_SUBSCRIBES_PER_SECOND`.
+    pub subscribes_per_second: f64,
+    /// See `MQTT_SUBSCRIBE_BURST`.
+    pub subscribe_burst: f64,
 }
 
 impl Default for BridgeOptions {
@@ -68,6 +95,11 @@ impl Default for BridgeOptions {
             telemetry_burst: 200.0,
             state_min_interval: Duration::from_secs(1),
             command_ack_timeout: Duration::from_secs(10),
+            write_timeout: MQTT_WRITE_TIMEOUT,
+            outbound_queue_max_bytes: MQTT_OUTBOUND_QUEUE_MAX_BYTES,
+            command_filters_max: MQTT_COMMAND_FILTERS_MAX,
+            subscribes_per_second: MQTT_SUBSCRIBES_PER_SECOND,
+            subscribe_burst: MQTT_SUBSCRIBE_BURST,
         }
     }
 }
@@ -125,7 +157,7 @@ impl Bridge {
         options: BridgeOptions,
         shutdown: watch::Receiver<bool>,
     ) -> Bridge {
-        let sessions = Sessions::default();
+        let sessions = Sessions::new(options.command_ack_timeout);
         registry.set_command_sink(Arc::new(sessions.clone()));
         tokio::spawn(sessions.clone().follow(registry.subscribe()));
         let activity = Activity::default();

@@ -15,4 +15,7 @@ pub mod router;
 mod sessions;
 mod state;
 
-pub use bridge::{Bridge, BridgeOptions};
+pub use bridge::{
+    Bridge, BridgeOptions, MQTT_COMMAND_FILTERS_MAX, MQTT_OUTBOUND_QUEUE_MAX_BYTES,
+    MQTT_SUBSCRIBE_BURST, MQTT_SUBSCRIBES_PER_SECOND, MQTT_WRITE_TIMEOUT,
+};

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use perch_core::model::{Device, DeviceConfig, Registry};
@@ -24,8 +25,11 @@ pub(crate) enum Control {
         code: ErrorCode,
         message: String,
     },
-    /// The device changed through the admin API: re-check blocked and credentials.
+    /// The device changed through the admin API: re-check blocked and credentials (of the
+    /// connection's own device, or of an attachment through a gateway).
     DeviceChanged(Box<Device>),
+    /// Device `num_id` was unbound from a gateway: re-check its attachment, if any.
+    AttachmentChanged { num_id: u64 },
     /// The registry changed: new routes, maybe MQTT disabled.
     RegistryChanged(Box<Registry>),
     /// A new config version to push if subscribed.
@@ -50,16 +54,26 @@ struct Entry {
 }
 
 /// Live MQTT sessions by device numeric id.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct Sessions {
     map: Arc<Mutex<HashMap<u64, Entry>>>,
     next_conn: Arc<AtomicU64>,
+    /// `sendCommandToDevice` answers within this, whatever the connection does.
+    command_ack_timeout: Duration,
 }
 
 /// Text IoT Core recorded on the connection a newer one replaced (SPEC.md §4.3).
 const REPLACED: &str = "SERVER: The connection was closed because there is another active connection with the same device ID.";
 
 impl Sessions {
+    pub(crate) fn new(command_ack_timeout: Duration) -> Sessions {
+        Sessions {
+            map: Arc::default(),
+            next_conn: Arc::default(),
+            command_ack_timeout,
+        }
+    }
+
     /// Registers a connection for a device, closing any older one; returns this connection's id.
     pub(crate) fn register(
         &self,
@@ -154,6 +168,12 @@ impl Sessions {
                         "SERVER: The device was deleted.",
                     ),
                 ),
+                Ok(RegistryEvent::DeviceUnbound { device_num_id, .. }) => self.send(
+                    device_num_id,
+                    Control::AttachmentChanged {
+                        num_id: device_num_id,
+                    },
+                ),
                 Ok(RegistryEvent::ConfigChanged { num_id, config, .. }) => {
                     self.send(num_id, Control::Config { num_id, config })
                 }
@@ -211,6 +231,17 @@ fn deliver(tx: mpsc::Sender<Control>, control: Control) {
     }
 }
 
+/// The answer to a command the device did not take (QoS 0: write, QoS 1: PUBACK) in time.
+pub(crate) fn command_deadline_exceeded(timeout: Duration) -> Rejection {
+    Rejection::new(
+        ErrorCode::DeadlineExceeded,
+        format!(
+            "the device did not acknowledge the command within {} s",
+            timeout.as_secs_f64()
+        ),
+    )
+}
+
 #[async_trait::async_trait]
 impl CommandSink for Sessions {
     async fn send_command(
@@ -228,14 +259,20 @@ impl CommandSink for Sessions {
         };
         let tx = self.sender(device.num_id).ok_or_else(not_subscribed)?;
         let (reply, answer) = oneshot::channel();
-        tx.send(Control::Command {
-            num_id: device.num_id,
-            subfolder,
-            data: Bytes::from(data),
-            reply,
-        })
-        .await
-        .map_err(|_| not_subscribed())?;
-        answer.await.map_err(|_| not_subscribed())?
+        let delivered = async {
+            tx.send(Control::Command {
+                num_id: device.num_id,
+                subfolder,
+                data: Bytes::from(data),
+                reply,
+            })
+            .await
+            .map_err(|_| not_subscribed())?;
+            answer.await.map_err(|_| not_subscribed())?
+        };
+        // The session answers by this deadline itself; this one holds even if it cannot.
+        tokio::time::timeout(self.command_ack_timeout, delivered)
+            .await
+            .unwrap_or_else(|_| Err(command_deadline_exceeded(self.command_ack_timeout)))
     }
 }

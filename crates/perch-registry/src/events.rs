@@ -24,6 +24,13 @@ pub enum RegistryEvent {
         registry: RegistryName,
         num_id: u64,
     },
+    /// A device was unbound from a gateway: an attachment through that gateway may no longer
+    /// be allowed.
+    DeviceUnbound {
+        registry: RegistryName,
+        gateway_num_id: u64,
+        device_num_id: u64,
+    },
     /// A new config version exists.
     ConfigChanged {
         registry: RegistryName,

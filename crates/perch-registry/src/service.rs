@@ -970,10 +970,15 @@ impl RegistryService {
         let (gateway, device) = self
             .gateway_and_device(parent, gateway_id, device_id)
             .await?;
-        Ok(self
-            .store
+        self.store
             .unbind_device_from_gateway(parent, gateway.num_id, device.num_id)
-            .await?)
+            .await?;
+        self.emit(RegistryEvent::DeviceUnbound {
+            registry: parent.clone(),
+            gateway_num_id: gateway.num_id,
+            device_num_id: device.num_id,
+        });
+        Ok(())
     }
 
     /// Sends a command to a connected device. Until the MQTT bridge delivers commands, no device

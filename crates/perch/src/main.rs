@@ -79,6 +79,18 @@ struct ServeArgs {
     /// closes it with RESOURCE_EXHAUSTED
     #[arg(long, default_value_t = 100.0, value_parser = positive_seconds)]
     telemetry_rate: f64,
+    /// Seconds queued MQTT output may make no progress (the device reads nothing) before the
+    /// connection closes
+    #[arg(long, default_value_t = perch_bridge::MQTT_WRITE_TIMEOUT.as_secs_f64(), value_parser = positive_seconds)]
+    mqtt_write_timeout: f64,
+    /// Distinct command-subscription filters one MQTT connection may hold (a gateway: over all
+    /// its attached devices); more closes it with RESOURCE_EXHAUSTED
+    #[arg(long, default_value_t = perch_bridge::MQTT_COMMAND_FILTERS_MAX as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    mqtt_command_filters_max: u32,
+    /// SUBSCRIBE and UNSUBSCRIBE packets per second one MQTT connection may sustain (burst
+    /// 1,000); faster closes it with RESOURCE_EXHAUSTED
+    #[arg(long, default_value_t = perch_bridge::MQTT_SUBSCRIBES_PER_SECOND, value_parser = positive_seconds)]
+    mqtt_subscribe_rate: f64,
     /// Days the telemetry sink keeps rows and anomalies (0: forever)
     #[arg(long, default_value_t = 0)]
     telemetry_retention_days: u32,
@@ -166,6 +178,9 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
             command_ack_timeout: std::time::Duration::from_secs_f64(args.command_ack_timeout),
             telemetry_per_second: args.telemetry_rate,
             telemetry_burst: 2.0 * args.telemetry_rate,
+            write_timeout: std::time::Duration::from_secs_f64(args.mqtt_write_timeout),
+            command_filters_max: args.mqtt_command_filters_max as usize,
+            subscribes_per_second: args.mqtt_subscribe_rate,
             ..Default::default()
         },
         telemetry_retention: (args.telemetry_retention_days > 0).then(|| {

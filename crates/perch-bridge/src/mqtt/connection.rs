@@ -1,7 +1,14 @@
-//! One MQTT connection: buffered packet I/O and the handshake (CONNECT → JWT → CONNACK).
+//! One MQTT connection: the socket with its buffers, the outbound queue and the write deadline,
+//! and the handshake (CONNECT → JWT → CONNACK).
 //!
 //! This module owns the socket and the handshake; it ends in a `Session` (`session.rs`) that
 //! knows its identity, so nothing after re-derives identity from strings (STYLE.md P3).
+//!
+//! Invariants: a session never awaits a socket write. It queues packets (`Wire::queue`), at most
+//! `BridgeOptions::outbound_queue_max_bytes` of them, and `Wire::pump` writes them while it waits
+//! for input; output that makes no progress for `BridgeOptions::write_timeout` is a deadline of
+//! the session. So a device that stops reading can neither block its session (revocations,
+//! commands) nor grow server memory.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,10 +16,9 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use chrono::Utc;
-use perch_core::model::{Device, ErrorStatus};
 use perch_core::{DeviceName, ErrorCode};
 use perch_registry::auth::{JWT_CLOCK_SKEW, verify_device_jwt};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -26,6 +32,11 @@ use crate::sessions::{CONTROL_CHANNEL_CAPACITY, Control};
 const CONNECT_MAX_PACKET_BYTES: usize = 64 * 1024;
 /// Bytes read from the socket per call.
 const READ_CHUNK_BYTES: usize = 16 * 1024;
+/// An emptied outbound buffer bigger than this is released rather than kept for reuse.
+const OUTBOUND_KEEP_BYTES: usize = 64 * 1024;
+/// When a session ends, output it queued (a PUBACK, a SUBACK) gets this long to reach a device
+/// that reads; a stuck one is not waited for longer.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Why a session ended, for the device's `lastErrorStatus` (None: the client left cleanly).
 pub(crate) struct Closing(pub(crate) Option<(ErrorCode, String)>);
@@ -39,12 +50,24 @@ impl Closing {
     }
 }
 
-/// The socket half of a connection: buffered reads and packet writes.
+/// The socket half of a connection: buffered reads, and queued writes with a deadline.
 pub(crate) struct Wire<S> {
-    stream: S,
+    reader: ReadHalf<S>,
+    writer: WriteHalf<S>,
     inbound: BytesMut,
+    /// Encoded packets not yet accepted by the socket.
     outbound: BytesMut,
+    /// Bytes were handed to the socket but not flushed yet (TLS buffers them).
+    unflushed: bool,
+    /// Bytes ever queued and ever written: a packet queued to end at offset N is written once
+    /// `written >= N`.
+    queued: u64,
+    written: u64,
+    /// While output waits: when the socket last accepted some of it.
+    progress_at: Option<Instant>,
     max_packet_bytes: usize,
+    outbound_max_bytes: usize,
+    write_timeout: Duration,
 }
 
 pub(crate) enum Read {
@@ -53,7 +76,37 @@ pub(crate) enum Read {
     Invalid(codec::DecodeError),
 }
 
+/// What `Wire::pump` did.
+pub(crate) enum Pumped {
+    /// Read this many bytes (0: the peer closed).
+    Read(usize),
+    /// Wrote queued output (`Wire::written` moved on).
+    Wrote,
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
+    fn new(
+        stream: S,
+        max_packet_bytes: usize,
+        outbound_max_bytes: usize,
+        write_timeout: Duration,
+    ) -> Wire<S> {
+        let (reader, writer) = tokio::io::split(stream);
+        Wire {
+            reader,
+            writer,
+            inbound: BytesMut::with_capacity(READ_CHUNK_BYTES),
+            outbound: BytesMut::with_capacity(1024),
+            unflushed: false,
+            queued: 0,
+            written: 0,
+            progress_at: None,
+            max_packet_bytes,
+            outbound_max_bytes,
+            write_timeout,
+        }
+    }
+
     /// The next complete packet already buffered, if any.
     pub(crate) fn buffered(&mut self) -> Option<Read> {
         match codec::decode(&mut self.inbound, self.max_packet_bytes) {
@@ -66,7 +119,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
     /// Reads more bytes; cancel-safe (bytes land in `inbound` only when a read completes).
     pub(crate) async fn fill(&mut self) -> std::io::Result<usize> {
         self.inbound.reserve(READ_CHUNK_BYTES);
-        self.stream.read_buf(&mut self.inbound).await
+        self.reader.read_buf(&mut self.inbound).await
     }
 
     async fn read(&mut self) -> Read {
@@ -81,12 +134,116 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         }
     }
 
-    pub(crate) async fn send(&mut self, packet: &Packet) -> std::io::Result<()> {
+    /// Queues a packet for `pump` to write; returns the offset at which it is written. Refused
+    /// (with why, to close the connection) when the device has left
+    /// `BridgeOptions::outbound_queue_max_bytes` unread; one packet is always accepted.
+    pub(crate) fn queue(&mut self, packet: &Packet) -> Result<u64, Closing> {
+        let before = self.outbound.len();
         codec::encode(packet, &mut self.outbound);
-        let out = self.outbound.split();
-        self.stream.write_all(&out).await?;
-        self.stream.flush().await
+        if before > 0 && self.outbound.len() > self.outbound_max_bytes {
+            self.outbound.truncate(before);
+            return Err(Closing::error(
+                ErrorCode::ResourceExhausted,
+                format!(
+                    "mqtt: SERVER: The device is not reading: {before} bytes already wait to be sent; the limit is {}.",
+                    self.outbound_max_bytes
+                ),
+            ));
+        }
+        if self.progress_at.is_none() {
+            self.progress_at = Some(Instant::now());
+        }
+        self.queued += (self.outbound.len() - before) as u64;
+        Ok(self.queued)
     }
+
+    /// Bytes the socket has accepted so far (compare with `queue`'s offsets).
+    pub(crate) fn written(&self) -> u64 {
+        self.written
+    }
+
+    fn has_output(&self) -> bool {
+        !self.outbound.is_empty() || self.unflushed
+    }
+
+    /// When waiting output that made no progress counts as a dead device, if any waits.
+    pub(crate) fn write_deadline(&self) -> Option<Instant> {
+        self.progress_at
+            .filter(|_| self.has_output())
+            .map(|at| at + self.write_timeout)
+    }
+
+    /// Writes queued output while waiting for input; returns after a read or a write.
+    /// Cancel-safe: partial progress is kept in `self`.
+    pub(crate) async fn pump(&mut self) -> std::io::Result<Pumped> {
+        if !self.has_output() {
+            return self.fill().await.map(Pumped::Read);
+        }
+        self.inbound.reserve(READ_CHUNK_BYTES);
+        let wrote = tokio::select! {
+            n = self.reader.read_buf(&mut self.inbound) => return n.map(Pumped::Read),
+            w = write_some(&mut self.writer, &mut self.outbound, &mut self.unflushed) => w?,
+        };
+        self.written += wrote as u64;
+        self.progress_at = self.has_output().then(Instant::now);
+        if self.outbound.is_empty() && self.outbound.capacity() > OUTBOUND_KEEP_BYTES {
+            self.outbound = BytesMut::new();
+        }
+        Ok(Pumped::Wrote)
+    }
+
+    /// Writes everything queued, within the write timeout (the handshake and bootstrap, which
+    /// have nothing else to wait for).
+    async fn flush_all(&mut self) -> std::io::Result<()> {
+        let timeout = self.write_timeout;
+        let all = async {
+            while self.has_output() {
+                let n =
+                    write_some(&mut self.writer, &mut self.outbound, &mut self.unflushed).await?;
+                self.written += n as u64;
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(timeout, all).await {
+            Ok(r) => {
+                self.progress_at = None;
+                r
+            }
+            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+        }
+    }
+
+    /// Writes what is still queued, for at most `CLOSE_FLUSH_TIMEOUT`; errors are moot then.
+    async fn flush_before_close(&mut self) {
+        let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, self.flush_all()).await;
+    }
+
+    /// Queues a packet and writes it out, within the write timeout.
+    pub(crate) async fn send(&mut self, packet: &Packet) -> std::io::Result<()> {
+        self.queue(packet)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::OutOfMemory))?;
+        self.flush_all().await
+    }
+}
+
+/// One step of writing: some queued bytes, or the flush once none are left. Returns the bytes
+/// the socket accepted; cancel-safe.
+async fn write_some<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    outbound: &mut BytesMut,
+    unflushed: &mut bool,
+) -> std::io::Result<usize> {
+    if outbound.is_empty() {
+        writer.flush().await?;
+        *unflushed = false;
+        return Ok(0);
+    }
+    let n = writer.write_buf(outbound).await?;
+    if n == 0 {
+        return Err(std::io::ErrorKind::WriteZero.into());
+    }
+    *unflushed = true;
+    Ok(n)
 }
 
 /// Serves one connection to its end.
@@ -95,13 +252,13 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
     stream: S,
     peer: SocketAddr,
 ) {
-    let mut wire = Wire {
+    let mut wire = Wire::new(
         stream,
-        inbound: BytesMut::with_capacity(READ_CHUNK_BYTES),
-        outbound: BytesMut::with_capacity(1024),
         // A CONNECT with a JWT is a few KB: nobody buffers telemetry-sized packets unauthenticated.
-        max_packet_bytes: CONNECT_MAX_PACKET_BYTES.min(bridge.options.max_packet_bytes),
-    };
+        CONNECT_MAX_PACKET_BYTES.min(bridge.options.max_packet_bytes),
+        bridge.options.outbound_queue_max_bytes,
+        bridge.options.write_timeout,
+    );
     let connect = match tokio::time::timeout(bridge.options.connect_timeout, wire.read()).await {
         Err(_) => {
             tracing::debug!(%peer, "no CONNECT in time; closing");
@@ -163,29 +320,30 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
     let live = metrics::gauge!("perch_mqtt_sessions");
     live.increment(1.0);
     let closing = session.run(&bridge, &mut wire, rx).await;
+    wire.flush_before_close().await;
     live.decrement(1.0);
     if let Closing(Some((code, message))) = closing {
         tracing::debug!(%peer, device = %identity.device_id, code = %code, reason = %message, "device disconnected");
-        record_error(&bridge, &identity, code, message).await;
+        record_error(&bridge, &identity, code, message);
     }
 }
 
-/// Records `lastErrorTime` / `lastErrorStatus` on a device.
-pub(crate) async fn record_error(
+/// Records `lastErrorTime` / `lastErrorStatus` on a device at the next activity flush: one
+/// registry write per device per flush interval, however often it fails (a refused CONNECT
+/// costs no write of its own).
+pub(crate) fn record_error(
     bridge: &Inner,
     identity: &DeviceIdentity,
     code: ErrorCode,
     message: String,
 ) {
-    let now = Utc::now();
-    let update = Box::new(move |d: &mut Device| {
-        d.last_error_time = Some(now);
-        d.last_error_status = Some(ErrorStatus {
-            code: code.grpc_code(),
-            message,
-        });
-    });
-    let _ = bridge.record(identity, update).await;
+    bridge.activity.error(
+        &identity.registry,
+        identity.num_id,
+        Utc::now(),
+        code,
+        message,
+    );
 }
 
 /// CONNECT → identity, or a CONNACK return code with a reason for the log.
@@ -221,11 +379,12 @@ async fn handshake(
         num_id: device.num_id,
     };
     let refuse = |message: String| {
-        let (bridge, identity) = (bridge.clone(), identity.clone());
-        let m = message.clone();
-        tokio::spawn(async move {
-            record_error(&bridge, &identity, ErrorCode::PermissionDenied, m).await
-        });
+        record_error(
+            bridge,
+            &identity,
+            ErrorCode::PermissionDenied,
+            message.clone(),
+        );
         (5, message)
     };
     if !registry.mqtt_state.is_enabled() {
@@ -240,14 +399,14 @@ async fn handshake(
     let now = Utc::now();
     let token = verify_device_jwt(password, &name.registry.project, &device.credentials, now)
         .map_err(|e| {
-            let code = e.connack_code();
-            let (bridge, identity) = (bridge.clone(), identity.clone());
             let message = format!("mqtt: {e}");
-            let m = message.clone();
-            tokio::spawn(async move {
-                record_error(&bridge, &identity, ErrorCode::Unauthenticated, m).await
-            });
-            (code, message)
+            record_error(
+                bridge,
+                &identity,
+                ErrorCode::Unauthenticated,
+                message.clone(),
+            );
+            (e.connack_code(), message)
         })?;
     let credential = device
         .credentials
@@ -265,6 +424,7 @@ async fn handshake(
     let keep_alive = (connect.keep_alive > 0)
         .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
     let session = Session::new(
+        &bridge.options,
         identity,
         conn_id,
         tx_for_session,
@@ -275,4 +435,59 @@ async fn handshake(
         Instant::now() + until_expiry,
     );
     Ok((session, rx))
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+    use crate::mqtt::codec::{Publish, QoS};
+
+    fn publish(payload_bytes: usize) -> Packet {
+        Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic: "/devices/d/commands".into(),
+            packet_id: None,
+            payload: Bytes::from(vec![b'x'; payload_bytes]),
+        })
+    }
+
+    /// A peer that never reads: the queue is capped, the deadline set, and reading drains it.
+    #[tokio::test]
+    async fn output_a_peer_does_not_read_is_capped_and_has_a_deadline() {
+        let (ours, mut peer) = tokio::io::duplex(1024);
+        let mut wire = Wire::new(ours, 1 << 20, 10_000, Duration::from_secs(5));
+        assert!(wire.write_deadline().is_none());
+        let Ok(first) = wire.queue(&publish(6_000)) else {
+            panic!("one packet always fits");
+        };
+        // A packet bigger than the cap is accepted when nothing waits.
+        assert!(first > 6_000);
+        assert!(wire.queue(&publish(6_000)).is_err(), "over the cap");
+        let deadline = wire.write_deadline().expect("output waits");
+        // The socket takes 1 KiB, then nothing: progress moves the deadline, then it stands.
+        while let Ok(Ok(Pumped::Wrote)) =
+            tokio::time::timeout(Duration::from_millis(10), wire.pump()).await
+        {}
+        assert_eq!(wire.written(), 1024);
+        assert!(wire.written() < first);
+        assert!(wire.write_deadline().expect("still waiting") >= deadline);
+        // Once the peer reads, everything goes out and the deadline is gone.
+        let reader = tokio::spawn(async move {
+            let mut all = Vec::new();
+            let _ = peer.read_to_end(&mut all).await;
+            all.len()
+        });
+        while wire.written() < first {
+            assert!(matches!(wire.pump().await, Ok(Pumped::Wrote)));
+        }
+        assert!(matches!(wire.pump().await, Ok(Pumped::Wrote))); // the flush
+        assert!(wire.write_deadline().is_none());
+        drop(wire);
+        assert_eq!(reader.await.ok(), Some(first as usize));
+    }
 }

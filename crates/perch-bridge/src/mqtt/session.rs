@@ -5,7 +5,12 @@
 //! A session speaks for its own device and, when it is a gateway, for each device attached to
 //! it; each of those is an `Endpoint` with its own identity, config and command subscriptions.
 //! Any protocol or ACL violation closes the connection and records `lastErrorStatus`, as IoT
-//! Core did; a failed attach only answers on the gateway's errors topic.
+//! Core did; a failed attach only answers on the gateway's errors topic, and so does an
+//! attachment an admin change revoked (unbind, delete, block, credentials).
+//!
+//! The session never awaits a socket write: it queues packets on the `Wire` and the wire writes
+//! them while the session waits for input, so a device that stops reading only hits the
+//! write deadline or the outbound cap (`connection.rs`), never stalls revocations or commands.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -21,14 +26,16 @@ use tokio::time::Instant;
 
 use crate::bridge::Inner;
 use crate::mqtt::codec::{Packet, Publish, QoS, SubAck, Subscribe};
-use crate::mqtt::connection::{Closing, Read, Wire};
+use crate::mqtt::connection::{Closing, Pumped, Read, Wire};
 use crate::mqtt::gateway;
+use crate::mqtt::quota::{self, CommandFilters, TokenBucket};
 use crate::mqtt::topic::{self, PublishTopic, SubscribeTopic};
 use crate::router::{self, DeviceIdentity};
-use crate::sessions::Control;
+use crate::sessions::{Control, command_deadline_exceeded};
 use crate::state::store_state;
 
-/// A QoS 1 command written to the device, waiting for its PUBACK to answer the admin call.
+/// A command waiting to answer the admin call: a QoS 1 one for its PUBACK, a QoS 0 one until
+/// the socket took it.
 struct PendingCommand {
     reply: oneshot::Sender<Result<(), Rejection>>,
     sent: Instant,
@@ -42,10 +49,13 @@ struct Endpoint {
     config_qos: Option<QoS>,
     /// (packet id, version, sent at) of a QoS 1 config awaiting its PUBACK.
     config_inflight: Option<(u16, i64, Instant)>,
-    /// Granted QoS and filters (None = `commands/#`) of the commands subscription.
-    commands: Option<(QoS, Vec<Option<String>>)>,
+    /// Granted QoS and distinct filters (None = `commands/#`) of the commands subscription.
+    commands: Option<(QoS, CommandFilters)>,
     /// The session-map registration of an attached device (None for the session's own).
     conn_id: Option<u64>,
+    /// The credential (PEM) an attached device's attach JWT was verified with, if it gave one:
+    /// removing it detaches the device.
+    attach_credential: Option<String>,
     last_state: Option<Instant>,
 }
 
@@ -58,6 +68,7 @@ impl Endpoint {
             config_inflight: None,
             commands: None,
             conn_id,
+            attach_credential: None,
             last_state: None,
         }
     }
@@ -77,18 +88,21 @@ pub(crate) struct Session {
     errors_subscribed: bool,
     next_packet_id: u16,
     inflight_commands: HashMap<u16, PendingCommand>,
+    /// QoS 0 commands queued to end at a `Wire` offset, answered once it is written.
+    unwritten_commands: Vec<(u64, PendingCommand)>,
     keep_alive: Option<Duration>,
     token_expiry: Instant,
     started: Instant,
     last_inbound: Instant,
-    /// Telemetry token bucket: tokens left and when it was last refilled.
-    telemetry_tokens: f64,
-    telemetry_refilled: Instant,
+    telemetry: TokenBucket,
+    /// SUBSCRIBE and UNSUBSCRIBE packets.
+    subscribes: TokenBucket,
 }
 
 impl Session {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
+        options: &crate::BridgeOptions,
         identity: DeviceIdentity,
         conn_id: u64,
         tx: mpsc::Sender<Control>,
@@ -114,28 +128,22 @@ impl Session {
             errors_subscribed: false,
             next_packet_id: 0,
             inflight_commands: HashMap::new(),
+            unwritten_commands: Vec::new(),
             keep_alive,
             token_expiry,
             started: Instant::now(),
             last_inbound: Instant::now(),
-            telemetry_tokens: f64::MAX,
-            telemetry_refilled: Instant::now(),
+            telemetry: TokenBucket::full(
+                options.telemetry_per_second,
+                options.telemetry_burst,
+                Instant::now(),
+            ),
+            subscribes: TokenBucket::full(
+                options.subscribes_per_second,
+                options.subscribe_burst,
+                Instant::now(),
+            ),
         }
-    }
-
-    /// Takes one telemetry token; false when the connection is over its rate.
-    fn take_telemetry_token(&mut self, options: &crate::BridgeOptions) -> bool {
-        let now = Instant::now();
-        let elapsed = now.duration_since(self.telemetry_refilled).as_secs_f64();
-        self.telemetry_refilled = now;
-        self.telemetry_tokens = (self.telemetry_tokens.min(options.telemetry_burst)
-            + elapsed * options.telemetry_per_second)
-            .min(options.telemetry_burst);
-        if self.telemetry_tokens < 1.0 {
-            return false;
-        }
-        self.telemetry_tokens -= 1.0;
-        true
     }
 
     pub(crate) fn identity(&self) -> &DeviceIdentity {
@@ -152,8 +160,15 @@ impl Session {
         }
     }
 
-    fn deadline(&self, options: &crate::BridgeOptions) -> (Instant, &'static str) {
+    fn deadline(
+        &self,
+        options: &crate::BridgeOptions,
+        write_deadline: Option<Instant>,
+    ) -> (Instant, &'static str) {
         let mut deadline = (self.last_inbound + options.idle_timeout, "idle");
+        if let Some(w) = write_deadline {
+            deadline = deadline.min((w, "write"));
+        }
         if let Some(k) = self.keep_alive {
             deadline = deadline.min((self.last_inbound + k, "keepalive"));
         }
@@ -164,7 +179,9 @@ impl Session {
                 deadline = deadline.min((sent + options.config_resend_interval, "config"));
             }
         }
-        if let Some(sent) = self.inflight_commands.values().map(|c| c.sent).min() {
+        let pending = self.inflight_commands.values();
+        let unwritten = self.unwritten_commands.iter().map(|(_, c)| c);
+        if let Some(sent) = pending.chain(unwritten).map(|c| c.sent).min() {
             deadline = deadline.min((sent + options.command_ack_timeout, "command"));
         }
         deadline
@@ -194,7 +211,13 @@ impl Session {
     ) -> Closing {
         let closing = self.serve(bridge, wire, &mut rx).await;
         self.end(bridge);
-        for (_, pending) in self.inflight_commands.drain() {
+        let unwritten = self.unwritten_commands.drain(..).map(|(_, c)| c);
+        for pending in self
+            .inflight_commands
+            .drain()
+            .map(|(_, c)| c)
+            .chain(unwritten)
+        {
             let _ = pending.reply.send(Err(Rejection::new(
                 ErrorCode::Unavailable,
                 "the device disconnected before acknowledging the command",
@@ -217,11 +240,12 @@ impl Session {
                     return closing;
                 }
             }
-            let (deadline, why) = self.deadline(&bridge.options);
+            let (deadline, why) = self.deadline(&bridge.options, wire.write_deadline());
             tokio::select! {
-                n = wire.fill() => match n {
-                    Ok(0) | Err(_) => return Closing::clean(),
-                    Ok(_) => {}
+                io = wire.pump() => match io {
+                    Ok(Pumped::Read(0)) | Err(_) => return Closing::clean(),
+                    Ok(Pumped::Read(_)) => {}
+                    Ok(Pumped::Wrote) => self.answer_written_commands(wire.written()),
                 },
                 control = rx.recv() => match control {
                     Some(c) => if let Some(closing) = self.on_control(bridge, wire, c).await { return closing },
@@ -232,6 +256,10 @@ impl Session {
                         if let Err(closing) = self.resend_due_configs(bridge, wire).await { return closing; }
                     }
                     "command" => self.expire_commands(&bridge.options),
+                    "write" => return Closing::error(ErrorCode::DeadlineExceeded, format!(
+                        "mqtt: SERVER: The device read nothing for {} s while messages waited to be sent.",
+                        bridge.options.write_timeout.as_secs_f64()
+                    )),
                     "token" => return Closing::error(ErrorCode::Unauthenticated, "mqtt: SERVER: The authorization token expired."),
                     "keepalive" => return Closing::error(ErrorCode::DeadlineExceeded, "mqtt: SERVER: The connection timed out: no packet within 1.5 times the keep-alive."),
                     "age" => return Closing::error(ErrorCode::Unavailable, "mqtt: SERVER: The connection reached its maximum age."),
@@ -265,6 +293,9 @@ impl Session {
             Packet::Publish(p) => self.on_publish(bridge, wire, p).await,
             Packet::Subscribe(s) => self.on_subscribe(bridge, wire, s).await,
             Packet::Unsubscribe(u) => {
+                if let Err(closing) = self.take_subscribe_token(&bridge.options) {
+                    return Some(closing);
+                }
                 for f in &u.filters {
                     match topic::parse_subscribe(f) {
                         Some(SubscribeTopic::Config { device }) => {
@@ -282,9 +313,7 @@ impl Session {
                         None => {}
                     }
                 }
-                wire.send(&Packet::UnsubAck(u.packet_id))
-                    .await
-                    .map_err(|_| Closing::clean())
+                wire.queue(&Packet::UnsubAck(u.packet_id)).map(drop)
             }
             Packet::PubAck(id) => {
                 self.on_puback(bridge, id).await;
@@ -294,9 +323,7 @@ impl Session {
                 bridge
                     .activity
                     .heartbeat(&self.own.registry, self.own.num_id, Utc::now());
-                wire.send(&Packet::PingResp)
-                    .await
-                    .map_err(|_| Closing::clean())
+                wire.queue(&Packet::PingResp).map(drop)
             }
             Packet::Disconnect => Err(Closing::clean()),
             Packet::Connect(_) => Err(Closing::error(
@@ -376,7 +403,7 @@ impl Session {
                         ),
                     ));
                 }
-                if !self.take_telemetry_token(&bridge.options) {
+                if !self.telemetry.try_take(Instant::now()) {
                     return Err(Closing::error(
                         ErrorCode::ResourceExhausted,
                         format!(
@@ -451,8 +478,7 @@ impl Session {
                         &identity,
                         ErrorCode::ResourceExhausted,
                         message,
-                    )
-                    .await;
+                    );
                     return ack(wire, &p).await;
                 }
                 ep.last_state = Some(now);
@@ -509,14 +535,8 @@ impl Session {
                         self.registry.id
                     )
                 })?;
-            let bound = bridge
-                .registry
-                .store()
-                .gateways_bound_to_device(target.num_id)
-                .await
-                .map(|g| g.contains(&self.own.num_id))
-                .unwrap_or(false);
-            gateway::authorize_attach(
+            let bound = self.is_bound(bridge, target.num_id).await;
+            let credential = gateway::authorize_attach(
                 &self.device,
                 &target,
                 bound,
@@ -524,10 +544,10 @@ impl Session {
                 &self.own.registry.project,
                 Utc::now(),
             )?;
-            Ok::<Device, String>(target)
+            Ok::<(Device, Option<String>), String>((target, credential))
         }
         .await;
-        let target = match result {
+        let (target, credential) = match result {
             Ok(t) => t,
             Err(description) => {
                 tracing::debug!(gateway = %self.own.device_id, device, reason = %description, "attach refused");
@@ -553,10 +573,9 @@ impl Session {
             bridge
                 .sessions
                 .register(target.num_id, self.own.registry.clone(), self.tx.clone());
-        self.endpoints.insert(
-            target.id.clone(),
-            Endpoint::new(identity.clone(), target.config.clone(), Some(conn_id)),
-        );
+        let mut endpoint = Endpoint::new(identity.clone(), target.config.clone(), Some(conn_id));
+        endpoint.attach_credential = credential;
+        self.endpoints.insert(target.id.clone(), endpoint);
         let (gateway_id, now) = (self.own.device_id.to_string(), Utc::now());
         let update = Box::new(move |d: &mut Device| {
             d.gateway_config.last_accessed_gateway_id = gateway_id;
@@ -596,9 +615,30 @@ impl Session {
             packet_id: None,
             payload: Bytes::from(payload),
         };
-        wire.send(&Packet::Publish(publish))
-            .await
-            .map_err(|_| Closing::clean())
+        wire.queue(&Packet::Publish(publish)).map(drop)
+    }
+
+    /// Takes one SUBSCRIBE/UNSUBSCRIBE token; `Err` closes a connection over its rate.
+    fn take_subscribe_token(&mut self, options: &crate::BridgeOptions) -> Result<(), Closing> {
+        if self.subscribes.try_take(Instant::now()) {
+            return Ok(());
+        }
+        Err(Closing::error(
+            ErrorCode::ResourceExhausted,
+            format!(
+                "mqtt: the connection sent SUBSCRIBE and UNSUBSCRIBE faster than {} per second",
+                options.subscribes_per_second
+            ),
+        ))
+    }
+
+    /// Distinct command filters the connection holds, over all its devices.
+    fn command_filter_count(&self) -> usize {
+        self.endpoints
+            .values()
+            .filter_map(|ep| ep.commands.as_ref())
+            .map(|(_, filters)| filters.len())
+            .sum()
     }
 
     async fn on_subscribe<S: AsyncRead + AsyncWrite + Unpin>(
@@ -607,8 +647,11 @@ impl Session {
         wire: &mut Wire<S>,
         s: Subscribe,
     ) -> Result<(), Closing> {
+        self.take_subscribe_token(&bridge.options)?;
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut send_config = Vec::new();
+        let mut held = self.command_filter_count();
+        let max = bridge.options.command_filters_max;
         for (filter, qos) in &s.filters {
             let granted = (*qos).min(QoS::AtLeastOnce);
             let own = self.own.device_id.clone();
@@ -624,9 +667,16 @@ impl Session {
                     if self.endpoint_key(device).is_some() =>
                 {
                     if let Some(ep) = self.endpoint_mut(device) {
-                        let entry = ep.commands.get_or_insert((granted, Vec::new()));
+                        let entry = ep.commands.get_or_insert((granted, CommandFilters::new()));
+                        if !quota::add_command_filter(&mut entry.1, subfolder, &mut held, max) {
+                            return Err(Closing::error(
+                                ErrorCode::ResourceExhausted,
+                                format!(
+                                    "mqtt: the connection subscribed to more than {max} distinct command topics"
+                                ),
+                            ));
+                        }
                         entry.0 = entry.0.max(granted);
-                        entry.1.push(subfolder.map(str::to_owned));
                     }
                     codes.push(granted as u8);
                 }
@@ -638,12 +688,10 @@ impl Session {
                 _ => return Err(self.not_allowed(&format!("subscribe to '{filter}'"))),
             }
         }
-        wire.send(&Packet::SubAck(SubAck {
+        wire.queue(&Packet::SubAck(SubAck {
             packet_id: s.packet_id,
             return_codes: codes,
-        }))
-        .await
-        .map_err(|_| Closing::clean())?;
+        }))?;
         // The latest config goes out right after the SUBACK, even when empty (SPEC.md §4.7).
         for key in send_config {
             self.send_config(bridge, wire, &key, false).await?;
@@ -691,9 +739,7 @@ impl Session {
         };
         ep.config_inflight = packet_id.map(|id| (id, ep.config.version, Instant::now()));
         let target = ep.identity.clone();
-        wire.send(&Packet::Publish(publish))
-            .await
-            .map_err(|_| Closing::clean())?;
+        wire.queue(&Packet::Publish(publish))?;
         let now = Utc::now();
         let update = Box::new(move |d: &mut Device| d.last_config_send_time = Some(now));
         let _ = bridge.record(&target, update).await;
@@ -721,20 +767,31 @@ impl Session {
         Ok(())
     }
 
-    /// Answers DEADLINE_EXCEEDED for commands not PUBACKed in time; the connection stays.
+    /// Answers DEADLINE_EXCEEDED for commands not PUBACKed (QoS 1) or not written (QoS 0) in
+    /// time; the connection stays.
     fn expire_commands(&mut self, options: &crate::BridgeOptions) {
         let now = Instant::now();
+        let timeout = options.command_ack_timeout;
         let late = self
             .inflight_commands
-            .extract_if(|_, c| c.sent + options.command_ack_timeout <= now);
-        for (_, pending) in late {
-            let _ = pending.reply.send(Err(Rejection::new(
-                ErrorCode::DeadlineExceeded,
-                format!(
-                    "the device did not acknowledge the command within {} s",
-                    options.command_ack_timeout.as_secs_f64()
-                ),
-            )));
+            .extract_if(|_, c| c.sent + timeout <= now)
+            .map(|(_, c)| c);
+        let unwritten = self
+            .unwritten_commands
+            .extract_if(.., |(_, c)| c.sent + timeout <= now)
+            .map(|(_, c)| c);
+        for pending in late.chain(unwritten) {
+            let _ = pending.reply.send(Err(command_deadline_exceeded(timeout)));
+        }
+    }
+
+    /// Answers the QoS 0 commands the socket has taken (`written` bytes so far).
+    fn answer_written_commands(&mut self, written: u64) {
+        for (_, pending) in self
+            .unwritten_commands
+            .extract_if(.., |(end, _)| *end <= written)
+        {
+            let _ = pending.reply.send(Ok(()));
         }
     }
 
@@ -765,6 +822,104 @@ impl Session {
         }
     }
 
+    /// Whether device `num_id` is bound to this gateway (false when the store cannot say).
+    async fn is_bound(&self, bridge: &Inner, num_id: u64) -> bool {
+        bridge
+            .registry
+            .store()
+            .gateways_bound_to_device(num_id)
+            .await
+            .map(|g| g.contains(&self.own.num_id))
+            .unwrap_or(false)
+    }
+
+    /// Detaches an attached device the server revoked, telling the gateway why on its errors
+    /// topic (if subscribed).
+    async fn revoke_attachment<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        bridge: &Inner,
+        wire: &mut Wire<S>,
+        num_id: u64,
+        reason: &str,
+    ) -> Result<(), Closing> {
+        let Some(key) = self
+            .key_for_num_id(num_id)
+            .filter(|k| *k != self.own.device_id)
+        else {
+            return Ok(());
+        };
+        tracing::debug!(gateway = %self.own.device_id, device = %key, reason, "attachment revoked");
+        self.detach(bridge, num_id);
+        let description = format!("device `{key}` was detached: {reason}");
+        let topic = format!("/devices/{key}/detach");
+        self.send_error(
+            wire,
+            "GATEWAY_ATTACHMENT_ERROR",
+            &description,
+            key.as_str(),
+            "DETACH",
+            &topic,
+            0,
+        )
+        .await
+    }
+
+    /// Re-checks the attachment of `device` (changed through the admin API, or unbound) under
+    /// the gateway's current settings; detaches it when no longer allowed.
+    async fn recheck_attachment<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        bridge: &Inner,
+        wire: &mut Wire<S>,
+        device: &Device,
+    ) -> Result<(), Closing> {
+        let Some(key) = self.key_for_num_id(device.num_id) else {
+            return Ok(());
+        };
+        if key == self.own.device_id {
+            return Ok(());
+        }
+        let credential = self
+            .endpoints
+            .get(&key)
+            .and_then(|ep| ep.attach_credential.clone());
+        let bound = self.is_bound(bridge, device.num_id).await;
+        let allowed = gateway::recheck_attachment(
+            &self.device,
+            device,
+            bound,
+            credential.as_deref(),
+            Utc::now(),
+        );
+        match allowed {
+            Ok(()) => Ok(()),
+            Err(reason) => {
+                self.revoke_attachment(bridge, wire, device.num_id, &reason)
+                    .await
+            }
+        }
+    }
+
+    /// Re-checks the attachment of device `num_id` as the store has it now.
+    async fn recheck_attachment_of<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        bridge: &Inner,
+        wire: &mut Wire<S>,
+        num_id: u64,
+    ) -> Result<(), Closing> {
+        let device = bridge
+            .registry
+            .store()
+            .get_device(&self.own.registry, &DeviceRef::NumId(num_id))
+            .await;
+        match device {
+            Ok(device) => self.recheck_attachment(bridge, wire, &device).await,
+            Err(e) => {
+                let reason = format!("it could not be read: {e}");
+                self.revoke_attachment(bridge, wire, num_id, &reason).await
+            }
+        }
+    }
+
     /// Detaches an attached device (revoked, deleted, or attached elsewhere).
     fn detach(&mut self, bridge: &Inner, num_id: u64) {
         let Some(key) = self.key_for_num_id(num_id) else {
@@ -790,8 +945,9 @@ impl Session {
                 if num_id == self.own.num_id {
                     return Some(Closing::error(code, format!("mqtt: {message}")));
                 }
-                self.detach(bridge, num_id);
-                None
+                self.revoke_attachment(bridge, wire, num_id, &message)
+                    .await
+                    .err()
             }
             Control::DeviceChanged(device) if device.num_id == self.own.num_id => {
                 if device.blocked {
@@ -800,25 +956,37 @@ impl Session {
                         "mqtt: SERVER: The device was blocked.",
                     ));
                 }
-                let now = Utc::now();
-                let still_valid = device
-                    .credentials
-                    .iter()
-                    .any(|c| c.key == self.credential && !c.is_expired_at(now));
-                if !still_valid {
+                if !gateway::holds_credential(&device, &self.credential, Utc::now()) {
                     return Some(Closing::error(
                         ErrorCode::Unauthenticated,
                         "mqtt: SERVER: The credential the device connected with was removed.",
                     ));
                 }
+                let auth_changed = device.gateway_config.gateway_auth_method
+                    != self.device.gateway_config.gateway_auth_method
+                    || device.gateway_config.is_gateway() != self.is_gateway();
                 self.device = *device;
+                if auth_changed {
+                    let attached: Vec<u64> = self
+                        .endpoints
+                        .values()
+                        .filter(|ep| ep.conn_id.is_some())
+                        .map(|ep| ep.identity.num_id)
+                        .collect();
+                    for num_id in attached {
+                        if let Err(closing) = self.recheck_attachment_of(bridge, wire, num_id).await
+                        {
+                            return Some(closing);
+                        }
+                    }
+                }
                 None
             }
             Control::DeviceChanged(device) => {
-                if device.blocked {
-                    self.detach(bridge, device.num_id);
-                }
-                None
+                self.recheck_attachment(bridge, wire, &device).await.err()
+            }
+            Control::AttachmentChanged { num_id } => {
+                self.recheck_attachment_of(bridge, wire, num_id).await.err()
             }
             Control::RegistryChanged(registry) => {
                 if !registry.mqtt_state.is_enabled() {
@@ -882,23 +1050,27 @@ impl Session {
                     packet_id,
                     payload: data,
                 };
-                if wire.send(&Packet::Publish(publish)).await.is_err() {
-                    let _ = reply.send(Err(Rejection::new(
-                        ErrorCode::Unavailable,
-                        "the device connection closed while sending the command",
-                    )));
-                    return None;
-                }
-                // QoS 0: answered once written. QoS 1: once PUBACKed, or DEADLINE_EXCEEDED.
+                let end = match wire.queue(&Packet::Publish(publish)) {
+                    Ok(end) => end,
+                    Err(closing) => {
+                        let _ = reply.send(Err(Rejection::new(
+                            ErrorCode::Unavailable,
+                            "the device is not reading its connection, which is closed",
+                        )));
+                        return Some(closing);
+                    }
+                };
+                // QoS 0: answered once written. QoS 1: once PUBACKed. Either way
+                // DEADLINE_EXCEEDED after the command ack timeout.
+                let pending = PendingCommand {
+                    reply,
+                    sent: Instant::now(),
+                };
                 match packet_id {
                     Some(id) => {
-                        let sent = Instant::now();
-                        self.inflight_commands
-                            .insert(id, PendingCommand { reply, sent });
+                        self.inflight_commands.insert(id, pending);
                     }
-                    None => {
-                        let _ = reply.send(Ok(()));
-                    }
+                    None => self.unwritten_commands.push((end, pending)),
                 }
                 None
             }
@@ -911,9 +1083,7 @@ async fn ack<S: AsyncRead + AsyncWrite + Unpin>(
     p: &Publish,
 ) -> Result<(), Closing> {
     if let (QoS::AtLeastOnce, Some(id)) = (p.qos, p.packet_id) {
-        wire.send(&Packet::PubAck(id))
-            .await
-            .map_err(|_| Closing::clean())?;
+        wire.queue(&Packet::PubAck(id))?;
     }
     Ok(())
 }
