@@ -582,6 +582,28 @@ def test_acknowledged_publishes_survive_sigkill(private_ps):
     ps.publish(topic, [(b"still works", {})])
 
 
+def test_exactly_once_acks_are_durable_when_acknowledge_returns(private_ps):
+    """Exactly-once (issue 12): a successful Acknowledge is a promise of no redelivery, so it must return only after
+    the ack is on disk. SIGKILL right after the last Acknowledge returned, then restart: nothing comes back.
+    (Before the fix acks reached disk up to 50 ms after the reply, so the last ones were redelivered.)"""
+    ps = private_ps
+    topic = ps.create_topic("eo-acks")
+    sub = ps.create_subscription("eo-acks-sub", topic, enable_exactly_once_delivery=True)
+    ids = ps.publish(topic, [(f"e{i}".encode(), {"i": str(i)}) for i in range(20)])
+    received = ps.pull_until(sub, len(ids))
+    for r in received:  # one Acknowledge per message: the last ones land between two background flushes
+        ps.ack(sub, [r.ack_id])
+
+    ps.server.kill()
+    ps.server.start()
+    ps.connect(ps.server)
+
+    again = ps.pull_quiet(sub, 1.0)
+    assert [r.message.message_id for r in again] == [], "acknowledged exactly-once messages were redelivered"
+    later = ps.publish(topic, [(b"after", {})])
+    assert [r.message.message_id for r in ps.drain(sub, 1)] == later
+
+
 # ------------------------------------------------------------------------------------------------------------
 # 9. bad input and limits
 

@@ -189,6 +189,11 @@ impl SubscriptionState {
         Some(self.progress())
     }
 
+    /// Marks the progress as not yet saved (its save failed), so `take_progress` returns it again.
+    pub fn mark_unsaved(&mut self) {
+        self.dirty = true;
+    }
+
     pub fn progress(&self) -> AckProgress {
         AckProgress {
             floor: self.floor,
