@@ -82,6 +82,11 @@ struct ServeArgs {
     /// Days the telemetry sink keeps rows and anomalies (0: forever)
     #[arg(long, default_value_t = 0)]
     telemetry_retention_days: u32,
+    /// Bytes after which a topic's message-log segment is sealed and a new one begun; retention
+    /// drops whole segments
+    #[arg(long, default_value_t = perch_store::embedded::SEGMENT_MAX_BYTES,
+          value_parser = clap::value_parser!(u64).range(perch_store::embedded::SEGMENT_MIN_BYTES..))]
+    log_segment_bytes: u64,
     /// PostgreSQL registry (scale-out; not built yet)
     #[arg(long)]
     postgres: Option<String>,
@@ -163,6 +168,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         telemetry_retention: (args.telemetry_retention_days > 0).then(|| {
             std::time::Duration::from_secs(u64::from(args.telemetry_retention_days) * 86_400)
         }),
+        log_segment_max_bytes: args.log_segment_bytes,
     };
     perch::serve(config, data_dir, listeners, shutdown_signal()).await
 }

@@ -35,6 +35,8 @@ pub struct ServeConfig {
     pub bridge: BridgeOptions,
     /// How long the telemetry sink keeps rows (None: forever).
     pub telemetry_retention: Option<std::time::Duration>,
+    /// Size at which a topic's message-log segment is sealed (`--log-segment-bytes`).
+    pub log_segment_max_bytes: u64,
 }
 
 /// Listeners bound by the caller (port 0 in tests). The device listeners are optional so that
@@ -86,7 +88,11 @@ pub async fn serve(
     let devices = DeviceManagerApi::new(registry.clone());
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let log = SegmentLog::open(&data_dir.path().join("pubsub").join("log")).with_context(|| {
+    let log = SegmentLog::open_with(
+        &data_dir.path().join("pubsub").join("log"),
+        config.log_segment_max_bytes,
+    )
+    .with_context(|| {
         format!(
             "cannot open the message log in {}",
             data_dir.path().display()

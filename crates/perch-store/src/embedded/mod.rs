@@ -8,7 +8,7 @@ mod records;
 mod registry;
 
 pub use commit::GROUP_COMMIT_MAX;
-pub use log::{SEGMENT_MAX_BYTES, SegmentLog};
+pub use log::{SEGMENT_MAX_BYTES, SEGMENT_MIN_BYTES, SegmentLog};
 pub use pubsub::EmbeddedPubsubStore;
 pub use registry::EmbeddedRegistryStore;
 

@@ -1055,6 +1055,7 @@ mod tests {
             insecure_admin: false,
             bridge: Default::default(),
             telemetry_retention: None,
+            log_segment_max_bytes: perch_store::embedded::SEGMENT_MAX_BYTES,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(crate::serve(config, data_dir, listeners, async {

@@ -111,6 +111,7 @@ impl TestServer {
             insecure_admin: false,
             bridge: Default::default(),
             telemetry_retention: None,
+            log_segment_max_bytes: perch_store::embedded::SEGMENT_MAX_BYTES,
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (done_tx, done_rx) = mpsc::channel();
