@@ -198,6 +198,8 @@ pub async fn serve(
     tracing::info!(addr = %admin_addr, "admin REST listening");
     tracing::info!(addr = %grpc_addr, "admin gRPC listening");
 
+    // Files start-up created with the default umask (certificates) become private too.
+    data_dir.tighten_quietly();
     data_dir.write_endpoints(&Endpoints {
         admin: admin_addr.to_string(),
         grpc: grpc_addr.to_string(),

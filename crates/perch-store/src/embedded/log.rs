@@ -18,7 +18,7 @@
 //! move past the hole instead of stalling at it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, mpsc};
@@ -279,13 +279,7 @@ impl<'a> SegmentReader<'a> {
 }
 
 fn open_segment_file(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(backend)
+    super::open_private_file(path).map_err(backend)
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -414,7 +408,7 @@ impl SegmentLog {
 
     /// `open` with a custom segment size (tests use small ones to exercise rolling).
     pub fn open_with(root: &Path, segment_max_bytes: u64) -> Result<SegmentLog> {
-        fs::create_dir_all(root).map_err(backend)?;
+        super::create_private_dir_all(root).map_err(backend)?;
         let mut streams = HashMap::new();
         for entry in fs::read_dir(root).map_err(backend)? {
             let entry = entry.map_err(backend)?;
@@ -640,7 +634,7 @@ impl MessageLog for SegmentLog {
                 return Ok(());
             }
             let dir = inner.root.join(format!("{stream:016x}"));
-            fs::create_dir_all(&dir).map_err(backend)?;
+            super::create_private_dir_all(&dir).map_err(backend)?;
             sync_dir(&inner.root)?;
             let state = load_stream(&dir)?;
             let (watch, _) = watch::channel(state.next_seq);
@@ -804,6 +798,8 @@ impl MessageLog for SegmentLog {
 
 #[cfg(test)]
 mod tests {
+    use std::fs::OpenOptions;
+
     use super::*;
 
     fn msg(i: usize) -> NewMessage {

@@ -153,3 +153,84 @@ async fn an_in_process_server_stops_cleanly_and_restarts_on_the_same_dir() {
     assert_eq!(server.token, token);
     assert_still_there(&server.rest(), &registry, &device).await;
 }
+
+/// Every entry under `dir` (not following links) with its permission bits.
+fn modes_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, bool, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(path) = pending.pop() {
+        let meta = std::fs::symlink_metadata(&path).expect("stat");
+        if meta.is_dir() {
+            for e in std::fs::read_dir(&path).expect("read_dir") {
+                pending.push(e.expect("entry").path());
+            }
+        }
+        out.push((path, meta.is_dir(), meta.permissions().mode() & 0o777));
+    }
+    out
+}
+
+fn assert_private(dir: &std::path::Path) {
+    for (path, is_dir, mode) in modes_under(dir) {
+        let want = if is_dir { 0o700 } else { 0o600 };
+        assert_eq!(mode, want, "{} is {mode:o}", path.display());
+    }
+}
+
+#[tokio::test]
+async fn data_files_are_private_and_a_wider_data_dir_is_tightened_at_start_up() {
+    let mut server = TestServer::spawn();
+    let rest = server.rest();
+    populate(&rest).await;
+    // A topic and a publish create the Pub/Sub store and a message-log segment.
+    rest.send(
+        reqwest::Method::PUT,
+        "/v1/projects/p1/topics/modes",
+        Some(&json!({})),
+    )
+    .await
+    .ok();
+    rest.post(
+        "/v1/projects/p1/topics/modes:publish",
+        &json!({"messages": [{"data": "aGk="}]}),
+    )
+    .await
+    .ok();
+    let data_dir = server.data_dir().to_owned();
+    let names: Vec<String> = modes_under(&data_dir)
+        .iter()
+        .map(|(p, _, _)| p.display().to_string())
+        .collect();
+    for file in [
+        "registry.redb",
+        "pubsub.redb",
+        ".seg",
+        "admin-token",
+        "ca.key",
+    ] {
+        assert!(
+            names.iter().any(|n| n.ends_with(file)),
+            "no {file} in {names:?}"
+        );
+    }
+    assert_private(&data_dir);
+
+    // An older version (or an operator) left everything open to other users.
+    server.kill();
+    for (path, is_dir, _) in modes_under(&data_dir) {
+        let wide = if is_dir { 0o755 } else { 0o644 };
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(wide)).expect("chmod");
+    }
+    let server = server.restart().await;
+    assert_private(server.data_dir());
+    let log = std::fs::read_to_string(data_dir.parent().expect("root").join("server-1.log"))
+        .expect("server log");
+    assert!(
+        log.contains("took their access away") && log.contains("registry.redb"),
+        "{log}"
+    );
+    // Still works after the change.
+    server.rest().get(&v1("/registries/reg")).await.ok();
+}
