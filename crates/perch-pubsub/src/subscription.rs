@@ -687,6 +687,18 @@ mod tests {
     }
 
     #[test]
+    fn progress_whose_save_failed_is_taken_again() {
+        let msgs = log(2, |_| "");
+        let mut s = SubscriptionState::new(9, settings(), AckProgress::default(), 1);
+        let t = take(&mut s, &msgs, Instant::now(), 2);
+        s.ack(&id(&t.deliveries[0])).unwrap();
+        let saved = s.take_progress().unwrap();
+        assert!(s.take_progress().is_none());
+        s.mark_unsaved(); // the store refused the save
+        assert_eq!(s.take_progress(), Some(saved));
+    }
+
+    #[test]
     fn nack_and_expiry_redeliver_and_count_attempts() {
         let msgs = log(2, |_| "");
         let mut st = settings();
