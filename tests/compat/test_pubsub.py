@@ -582,6 +582,91 @@ def test_acknowledged_publishes_survive_sigkill(private_ps):
     ps.publish(topic, [(b"still works", {})])
 
 
+def test_exactly_once_acks_are_durable_when_acknowledge_returns(private_ps):
+    """Exactly-once (issue 12): a successful Acknowledge is a promise of no redelivery, so it must return only after
+    the ack is on disk. SIGKILL right after the last Acknowledge returned, then restart: nothing comes back.
+    (Before the fix acks reached disk up to 50 ms after the reply, so the last ones were redelivered.)"""
+    ps = private_ps
+    topic = ps.create_topic("eo-acks")
+    sub = ps.create_subscription("eo-acks-sub", topic, enable_exactly_once_delivery=True)
+    ids = ps.publish(topic, [(f"e{i}".encode(), {"i": str(i)}) for i in range(20)])
+    received = ps.pull_until(sub, len(ids))
+    for r in received:  # one Acknowledge per message: the last ones land between two background flushes
+        ps.ack(sub, [r.ack_id])
+
+    ps.server.kill()
+    ps.server.start()
+    ps.connect(ps.server)
+
+    again = ps.pull_quiet(sub, 1.0)
+    assert [r.message.message_id for r in again] == [], "acknowledged exactly-once messages were redelivered"
+    later = ps.publish(topic, [(b"after", {})])
+    assert [r.message.message_id for r in ps.drain(sub, 1)] == later
+
+
+def _record_offsets(segment) -> list[int]:
+    """Where each record of a message-log segment starts: `[u32 LE body length][u32 crc][body]`."""
+    data = segment.read_bytes()
+    offsets, at = [], 0
+    while at + 8 <= len(data):
+        offsets.append(at)
+        at += 8 + int.from_bytes(data[at:at + 4], "little")
+    return offsets
+
+
+def _flip_body_byte(segment, record: int) -> None:
+    at = _record_offsets(segment)[record] + 8 + 4
+    with open(segment, "r+b") as f:
+        f.seek(at)
+        byte = f.read(1)[0]
+        f.seek(at)
+        f.write(bytes([byte ^ 0xFF]))
+
+
+def test_corrupt_sealed_and_active_log_segments_are_skipped_or_cut_and_delivery_goes_on(server_factory, project,
+                                                                                     monkeypatch):
+    """Issue 12: a bad record in a sealed segment is logged with its range and skipped (the file is kept); a bad
+    record in the active segment cuts that segment there. Delivery continues past both; before the fix the hole a
+    cut sealed segment left made the subscription jump to the head and skip every later message."""
+    from pubsub_helpers import PubSub
+
+    server = server_factory(dev=True, start=False)
+    server.extra_args = ("--log-segment-bytes", "4096")
+    ps = PubSub(server.start(), project, monkeypatch)
+    try:
+        topic = ps.create_topic("segments")
+        sub = ps.create_subscription("segments-sub", topic)
+        payload = b"x" * 200
+        for batch in range(6):  # each request is > 4096 bytes, so each lands in a segment of its own
+            ps.publish_raw(topic, [{"data": payload, "attributes": {"i": str(batch * 20 + j)}} for j in range(20)])
+        server.stop()
+
+        streams = list((server.data_dir / "pubsub" / "log").iterdir())
+        assert len(streams) == 1, streams
+        segments = sorted(streams[0].glob("*.seg"))
+        assert len(segments) == 6, segments
+        sealed, active = segments[1], segments[-1]
+        sealed_size = sealed.stat().st_size
+        _flip_body_byte(sealed, 3)   # i = 23..39 unreadable
+        _flip_body_byte(active, 5)   # i = 105..119 cut off
+        lost = set(range(23, 40)) | set(range(105, 120))
+
+        server.start()
+        ps.connect(server)
+        expected = sorted(set(range(120)) - lost)
+        got = ps.drain(sub, len(expected), timeout=20)
+        got += ps.pull_quiet(sub, 1.0)
+        assert sorted(int(r.message.attributes["i"]) for r in got) == expected
+        assert sealed.stat().st_size == sealed_size, "a sealed segment must never be cut"
+        log = server.log_path.read_text()
+        assert "a sealed log segment is corrupt" in log and "first_unreadable_seq=24" in log, server.log_tail()
+        assert "last_unreadable_seq=40" in log, server.log_tail()
+        after = ps.publish(topic, [(b"after", {"i": "after"})])
+        assert [r.message.message_id for r in ps.drain(sub, 1)] == after
+    finally:
+        ps.close()
+
+
 # ------------------------------------------------------------------------------------------------------------
 # 9. bad input and limits
 

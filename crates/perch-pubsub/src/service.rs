@@ -3,8 +3,14 @@
 //! subscription's `SubscriptionState`; background tasks that persist ack progress, apply
 //! retention and run push subscriptions.
 //!
+//! Ack progress reaches the store in numbered flushes, one at a time (`ProgressFlushes`): the
+//! background loop runs one every `progress_flush_interval`, and an exactly-once acknowledgement
+//! waits (`persist_acks`) for a flush that began after it was applied, so its confirmation is
+//! sent only once it is on disk; waiting acks share one flush (group commit).
+//!
 //! Lock order: `topics` → `subscriptions` → `snapshots` → one subscription's `config` → its
-//! `state`. No lock is held across an `.await`.
+//! `state`. No lock is held across an `.await`, except the async `ProgressFlushes::running`
+//! around one whole flush.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -106,6 +112,16 @@ impl std::fmt::Debug for Subscription {
     }
 }
 
+/// Numbered progress flushes: `running` lets one run at a time (an older snapshot of progress
+/// must never be saved after a newer one); `started` counts flushes that took their snapshot,
+/// `durable` is the number of the last one whose progress is on disk.
+#[derive(Default)]
+struct ProgressFlushes {
+    running: tokio::sync::Mutex<()>,
+    started: AtomicU64,
+    durable: AtomicU64,
+}
+
 struct Inner {
     log: Arc<dyn MessageLog>,
     store: Arc<dyn PubsubStore>,
@@ -117,6 +133,7 @@ struct Inner {
     /// Retention must not take them for orphans.
     creating: std::sync::Mutex<std::collections::HashSet<u64>>,
     next_stream: AtomicU64,
+    flushes: ProgressFlushes,
     push: push::PushClient,
     /// Flips to true at shutdown; push tasks started later watch it too.
     shutdown: watch::Receiver<bool>,
@@ -335,6 +352,7 @@ impl PubsubService {
                 snapshots: RwLock::new(snapshots),
                 creating: Default::default(),
                 next_stream: AtomicU64::new(1),
+                flushes: ProgressFlushes::default(),
                 push: push::PushClient::new(),
                 shutdown: shutdown.clone(),
             }),
@@ -1220,6 +1238,28 @@ impl PubsubService {
 
     /// Writes changed acknowledgement progress to the store.
     pub async fn flush_progress(&self) -> Result<()> {
+        let _running = self.inner.flushes.running.lock().await;
+        self.flush_progress_now().await
+    }
+
+    /// Returns once every acknowledgement applied before the call is on disk: exactly-once
+    /// confirmations are sent only after this. Concurrent callers share one flush.
+    pub async fn persist_acks(&self) -> Result<()> {
+        let flushes = &self.inner.flushes;
+        // Any flush numbered above the current count snapshots progress after our acks.
+        let needed = flushes.started.load(Ordering::SeqCst) + 1;
+        let _running = flushes.running.lock().await;
+        if flushes.durable.load(Ordering::SeqCst) >= needed {
+            return Ok(());
+        }
+        self.flush_progress_now().await
+    }
+
+    /// One numbered flush; the caller holds `flushes.running`. Progress whose save fails is
+    /// marked unsaved again, so the next flush retries it.
+    async fn flush_progress_now(&self) -> Result<()> {
+        let flushes = &self.inner.flushes;
+        let number = flushes.started.fetch_add(1, Ordering::SeqCst) + 1;
         let subs: Vec<Arc<Subscription>> = self
             .inner
             .subscriptions
@@ -1229,13 +1269,25 @@ impl PubsubService {
             .cloned()
             .collect();
         let mut updates = Vec::new();
+        let mut taken_from = Vec::new();
         for sub in subs {
             let uid = sub.config.read().map_err(poisoned)?.uid;
-            if let Some(p) = sub.state.lock().map_err(poisoned)?.take_progress() {
+            let taken = sub.state.lock().map_err(poisoned)?.take_progress();
+            if let Some(p) = taken {
                 updates.push((uid, p));
+                taken_from.push(sub);
             }
         }
-        Ok(self.inner.store.save_progress(updates).await?)
+        if !updates.is_empty()
+            && let Err(e) = self.inner.store.save_progress(updates).await
+        {
+            for sub in taken_from {
+                sub.state.lock().map_err(poisoned)?.mark_unsaved();
+            }
+            return Err(e.into());
+        }
+        flushes.durable.store(number, Ordering::SeqCst);
+        Ok(())
     }
 
     async fn flush_loop(self, mut shutdown: watch::Receiver<bool>) {

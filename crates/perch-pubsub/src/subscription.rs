@@ -189,6 +189,11 @@ impl SubscriptionState {
         Some(self.progress())
     }
 
+    /// Marks the progress as not yet saved (its save failed), so `take_progress` returns it again.
+    pub fn mark_unsaved(&mut self) {
+        self.dirty = true;
+    }
+
     pub fn progress(&self) -> AckProgress {
         AckProgress {
             floor: self.floor,
@@ -679,6 +684,18 @@ mod tests {
         );
         assert!(s.take_progress().is_none());
         assert_eq!(seqs(&take(&mut s, &msgs, now, 10)), vec![4, 5]);
+    }
+
+    #[test]
+    fn progress_whose_save_failed_is_taken_again() {
+        let msgs = log(2, |_| "");
+        let mut s = SubscriptionState::new(9, settings(), AckProgress::default(), 1);
+        let t = take(&mut s, &msgs, Instant::now(), 2);
+        s.ack(&id(&t.deliveries[0])).unwrap();
+        let saved = s.take_progress().unwrap();
+        assert!(s.take_progress().is_none());
+        s.mark_unsaved(); // the store refused the save
+        assert_eq!(s.take_progress(), Some(saved));
     }
 
     #[test]

@@ -102,6 +102,11 @@ struct ServeArgs {
     /// Days provisioning decisions are kept (0: forever); purged at startup and hourly
     #[arg(long, default_value_t = perch_registry::provisioning::DECISION_RETENTION_DAYS_DEFAULT)]
     provisioning_decision_retention_days: u32,
+    /// Bytes after which a topic's message-log segment is sealed and a new one begun; retention
+    /// drops whole segments
+    #[arg(long, default_value_t = perch_store::embedded::SEGMENT_MAX_BYTES,
+          value_parser = clap::value_parser!(u64).range(perch_store::embedded::SEGMENT_MIN_BYTES..))]
+    log_segment_bytes: u64,
     /// PostgreSQL registry (scale-out; not built yet)
     #[arg(long)]
     postgres: Option<String>,
@@ -194,6 +199,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
                 )
             }),
         },
+        log_segment_max_bytes: args.log_segment_bytes,
     };
     perch::serve(config, data_dir, listeners, shutdown_signal()).await
 }

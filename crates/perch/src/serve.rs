@@ -37,6 +37,8 @@ pub struct ServeConfig {
     pub telemetry_retention: Option<std::time::Duration>,
     /// Fleet provisioning's decision cap per bootstrap and decision retention.
     pub provisioning: perch_registry::provisioning::ProvisioningOptions,
+    /// Size at which a topic's message-log segment is sealed (`--log-segment-bytes`).
+    pub log_segment_max_bytes: u64,
 }
 
 /// Listeners bound by the caller (port 0 in tests). The device listeners are optional so that
@@ -91,7 +93,11 @@ pub async fn serve(
     let devices = DeviceManagerApi::new(registry.clone());
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let log = SegmentLog::open(&data_dir.path().join("pubsub").join("log")).with_context(|| {
+    let log = SegmentLog::open_with(
+        &data_dir.path().join("pubsub").join("log"),
+        config.log_segment_max_bytes,
+    )
+    .with_context(|| {
         format!(
             "cannot open the message log in {}",
             data_dir.path().display()
@@ -203,6 +209,8 @@ pub async fn serve(
     tracing::info!(addr = %admin_addr, "admin REST listening");
     tracing::info!(addr = %grpc_addr, "admin gRPC listening");
 
+    // Files start-up created with the default umask (certificates) become private too.
+    data_dir.tighten_quietly();
     data_dir.write_endpoints(&Endpoints {
         admin: admin_addr.to_string(),
         grpc: grpc_addr.to_string(),

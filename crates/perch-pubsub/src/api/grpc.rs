@@ -364,8 +364,12 @@ impl Subscriber for PubsubApi {
             .service
             .acknowledge(&req.subscription, &req.ack_ids)
             .map_err(to_status)?;
-        if !refused.is_empty() && self.exactly_once(&req.subscription) {
-            return Err(invalid_ack_ids_status(&refused));
+        if self.exactly_once(&req.subscription) {
+            // Exactly-once: a successful Acknowledge promises no redelivery, even after a crash.
+            self.service.persist_acks().await.map_err(to_status)?;
+            if !refused.is_empty() {
+                return Err(invalid_ack_ids_status(&refused));
+            }
         }
         Ok(Response::new(pbjson_types::Empty {}))
     }
@@ -425,7 +429,7 @@ impl Subscriber for PubsubApi {
             message_ordering_enabled: ordering,
         });
         let first_confirmations =
-            handle_stream_request(&service, &name, &first, exactly_once, true);
+            handle_stream_request(&service, &name, &first, exactly_once, true).await;
         tokio::spawn(async move {
             let mut pending = match first_confirmations {
                 Ok(c) => c,
@@ -482,7 +486,7 @@ impl Subscriber for PubsubApi {
                                     Err(s) => { let _ = tx.send(Err(s)).await; return; }
                                 }
                             }
-                            match handle_stream_request(&service, &name, &req, exactly_once, false) {
+                            match handle_stream_request(&service, &name, &req, exactly_once, false).await {
                                 Ok(c) => pending = c,
                                 Err(s) => { let _ = tx.send(Err(s)).await; return; }
                             }
@@ -615,8 +619,8 @@ type Confirmations = Option<(
 )>;
 
 /// Applies the acks and deadline changes a StreamingPullRequest carries; for exactly-once
-/// subscriptions returns the confirmations to send back.
-fn handle_stream_request(
+/// subscriptions returns the confirmations to send back, once the acks are on disk.
+async fn handle_stream_request(
     service: &PubsubService,
     name: &str,
     req: &pb::StreamingPullRequest,
@@ -642,6 +646,7 @@ fn handle_stream_request(
     if !req.ack_ids.is_empty() {
         let refused = service.acknowledge(name, &req.ack_ids).map_err(to_status)?;
         if exactly_once {
+            service.persist_acks().await.map_err(to_status)?;
             ack_confirm = Some(pb::streaming_pull_response::AcknowledgeConfirmation {
                 ack_ids: req
                     .ack_ids

@@ -7,12 +7,18 @@
 //! is never deleted, so its name keeps the next sequence number even when everything older was
 //! dropped by retention.
 //!
-//! Invariants: a record is visible to readers only after it is on disk; a torn tail left by a
-//! crash is cut off at start-up (the first record whose length or CRC does not check out);
-//! publish times never go backwards within a stream.
+//! Invariants: a record is visible to readers only after it is on disk; publish times never go
+//! backwards within a stream.
+//!
+//! Recovery at start-up: only the active segment is ever cut. A torn tail left by a crash (the
+//! first record whose length, CRC or sequence number does not check out, and everything after
+//! it) is cut off there; that data was never acknowledged. Sealed segments are never modified:
+//! a bad record in one is logged as an error with the range of sequence numbers it makes
+//! unreadable, and readers skip from the last good record to the next segment, so subscriptions
+//! move past the hole instead of stalling at it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, mpsc};
@@ -26,8 +32,11 @@ use tokio::sync::{oneshot, watch};
 use crate::log::{Appended, MessageLog, NewMessage, StoredMessage};
 use crate::{Error, Result};
 
-/// A segment is rolled once it holds this many bytes (a batch may overshoot it).
+/// A segment is rolled once it holds this many bytes (a batch may overshoot it). Default of
+/// `perch serve --log-segment-bytes`.
 pub const SEGMENT_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// Smallest `--log-segment-bytes` accepted (smaller would mean a file per few messages).
+pub const SEGMENT_MIN_BYTES: u64 = 4096;
 /// Largest record body accepted when reading back (a 10 MB message plus attributes fits).
 const RECORD_MAX_BYTES: u32 = 16 * 1024 * 1024;
 /// One sparse index entry per this many records.
@@ -270,21 +279,23 @@ impl<'a> SegmentReader<'a> {
 }
 
 fn open_segment_file(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(backend)
+    super::open_private_file(path).map_err(backend)
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(backend)
 }
 
-/// Scans a segment, building its index; cuts off a torn or corrupt tail.
-fn load_segment(path: &Path, base_seq: u64) -> Result<Segment> {
+/// Whether recovery may cut a segment's bad tail: only the active (last) segment's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SegmentRole {
+    Sealed,
+    Active,
+}
+
+/// Scans a segment, building its index up to its first bad record. The active segment's bad
+/// tail is cut off; a sealed segment is left untouched and reads stop at its last good record.
+fn load_segment(path: &Path, base_seq: u64, role: SegmentRole) -> Result<Segment> {
     let file = open_segment_file(path)?;
     let size = file.metadata().map_err(backend)?.len();
     let mut reader = SegmentReader::new(&file, 0, size);
@@ -310,8 +321,8 @@ fn load_segment(path: &Path, base_seq: u64) -> Result<Segment> {
         last_time = time;
         valid_end = reader.pos;
     }
-    if valid_end < size {
-        tracing::warn!(segment = %path.display(), kept = valid_end, size, "cutting off a torn or corrupt tail");
+    if valid_end < size && role == SegmentRole::Active {
+        tracing::warn!(segment = %path.display(), kept = valid_end, size, "cutting off a torn or corrupt tail of the active segment");
         file.set_len(valid_end).map_err(backend)?;
         file.sync_all().map_err(backend)?;
     }
@@ -334,8 +345,16 @@ fn load_stream(dir: &Path) -> Result<StreamState> {
         .collect();
     bases.sort_unstable();
     let mut segments = Vec::new();
-    for base in bases {
-        segments.push(load_segment(&dir.join(segment_name(base)), base)?);
+    for (i, &base) in bases.iter().enumerate() {
+        let role = if i + 1 == bases.len() {
+            SegmentRole::Active
+        } else {
+            SegmentRole::Sealed
+        };
+        segments.push(load_segment(&dir.join(segment_name(base)), base, role)?);
+    }
+    for pair in segments.windows(2) {
+        report_unreadable(&pair[0], pair[1].base_seq);
     }
     if segments.is_empty() {
         let path = dir.join(segment_name(1));
@@ -366,6 +385,21 @@ fn load_stream(dir: &Path) -> Result<StreamState> {
     })
 }
 
+/// Logs, loudly, the messages a sealed segment should hold (up to `next_base`) but cannot return.
+fn report_unreadable(sealed: &Segment, next_base: u64) {
+    if sealed.end_seq() >= next_base {
+        return;
+    }
+    tracing::error!(
+        segment = %sealed.path.display(),
+        first_unreadable_seq = sealed.end_seq(),
+        last_unreadable_seq = next_base - 1,
+        readable_bytes = sealed.len,
+        "a sealed log segment is corrupt: these messages cannot be read and are skipped; \
+         the file is left as it is for inspection"
+    );
+}
+
 impl SegmentLog {
     /// Opens (or creates) the log under `root`, recovering every stream, and starts the writer.
     pub fn open(root: &Path) -> Result<SegmentLog> {
@@ -374,7 +408,7 @@ impl SegmentLog {
 
     /// `open` with a custom segment size (tests use small ones to exercise rolling).
     pub fn open_with(root: &Path, segment_max_bytes: u64) -> Result<SegmentLog> {
-        fs::create_dir_all(root).map_err(backend)?;
+        super::create_private_dir_all(root).map_err(backend)?;
         let mut streams = HashMap::new();
         for entry in fs::read_dir(root).map_err(backend)? {
             let entry = entry.map_err(backend)?;
@@ -560,11 +594,16 @@ fn write_batch(
 }
 
 impl StreamState {
-    /// The segment holding `seq`, if retained.
-    fn segment_for(&self, seq: u64) -> Option<&Segment> {
+    /// The segment holding `seq`; when `seq` is unreadable (in the hole a corrupt sealed segment
+    /// leaves), the next segment that holds messages, so reads skip the hole.
+    fn segment_from(&self, seq: u64) -> Option<&Segment> {
         let i = self.segments.partition_point(|s| s.base_seq <= seq);
-        let s = self.segments.get(i.checked_sub(1)?)?;
-        (seq < s.end_seq()).then_some(s)
+        if let Some(s) = i.checked_sub(1).and_then(|i| self.segments.get(i))
+            && seq < s.end_seq()
+        {
+            return Some(s);
+        }
+        self.segments[i..].iter().find(|s| s.count > 0)
     }
 }
 
@@ -602,7 +641,7 @@ impl MessageLog for SegmentLog {
                 return Ok(());
             }
             let dir = inner.root.join(format!("{stream:016x}"));
-            fs::create_dir_all(&dir).map_err(backend)?;
+            super::create_private_dir_all(&dir).map_err(backend)?;
             sync_dir(&inner.root)?;
             let state = load_stream(&dir)?;
             let (watch, _) = watch::channel(state.next_seq);
@@ -664,9 +703,10 @@ impl MessageLog for SegmentLog {
         let mut bytes = 0;
         let mut from = from.max(state.segments.first().map(|s| s.base_seq).unwrap_or(1));
         while out.len() < max && bytes < max_bytes && from < state.next_seq {
-            let Some(segment) = state.segment_for(from) else {
+            let Some(segment) = state.segment_from(from) else {
                 break;
             };
+            from = from.max(segment.base_seq);
             let before = out.len();
             read_from_segment(segment, from, max, max_bytes, &mut out, &mut bytes);
             if out.len() == before {
@@ -765,6 +805,8 @@ impl MessageLog for SegmentLog {
 
 #[cfg(test)]
 mod tests {
+    use std::fs::OpenOptions;
+
     use super::*;
 
     fn msg(i: usize) -> NewMessage {
@@ -829,6 +871,135 @@ mod tests {
         assert_eq!(fs::metadata(&seg).unwrap().len(), len);
         assert_eq!(log.append(1, vec![msg(10)]).await.unwrap()[0].seq, 11);
         assert_eq!(log.read(1, 1, 100, usize::MAX).unwrap().len(), 11);
+    }
+
+    /// A stream's segment files, oldest first.
+    fn segment_files(root: &Path, stream: u64) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = fs::read_dir(root.join(format!("{stream:016x}")))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        files
+    }
+
+    /// Where each record of a segment file starts.
+    fn record_offsets(path: &Path) -> Vec<u64> {
+        let bytes = fs::read(path).unwrap();
+        let mut offsets = Vec::new();
+        let mut at = 0usize;
+        while at + 8 <= bytes.len() {
+            offsets.push(at as u64);
+            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+            at += 8 + len;
+        }
+        offsets
+    }
+
+    /// Flips one byte inside the body of the `index`-th record of a segment file.
+    fn corrupt_record(path: &Path, index: usize) {
+        let at = record_offsets(path)[index] + HEADER_BYTES + 4;
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        let mut byte = [0u8];
+        f.read_exact_at(&mut byte, at).unwrap();
+        f.write_all_at(&[byte[0] ^ 0xff], at).unwrap();
+    }
+
+    fn base_of(path: &Path) -> u64 {
+        path.file_stem().unwrap().to_str().unwrap().parse().unwrap()
+    }
+
+    /// Appends one message at a time until the stream has `segments` segment files and the
+    /// active one holds `in_active` messages.
+    async fn fill(log: &SegmentLog, root: &Path, segments: usize, in_active: usize) -> u64 {
+        let mut i = 0;
+        while segment_files(root, 1).len() < segments {
+            log.append(1, vec![msg(i)]).await.unwrap();
+            i += 1;
+        }
+        for _ in 1..in_active {
+            log.append(1, vec![msg(i)]).await.unwrap();
+            i += 1;
+        }
+        assert_eq!(segment_files(root, 1).len(), segments);
+        i as u64
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_sealed_segment_is_kept_and_reads_skip_its_unreadable_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let total = {
+            let log = SegmentLog::open_with(dir.path(), 1024).unwrap();
+            log.create_stream(1).await.unwrap();
+            fill(&log, dir.path(), 3, 3).await
+        };
+        let files = segment_files(dir.path(), 1);
+        let (sealed, next_base) = (&files[0], base_of(&files[1]));
+        let size = fs::metadata(sealed).unwrap().len();
+        corrupt_record(sealed, 5); // seq 6: seqs 6 .. next_base - 1 become unreadable
+
+        let log = SegmentLog::open_with(dir.path(), 1024).unwrap();
+        assert_eq!(
+            fs::metadata(sealed).unwrap().len(),
+            size,
+            "sealed segments are never cut"
+        );
+        assert_eq!(log.next_seq(1).unwrap(), total + 1);
+        let seqs: Vec<u64> = log
+            .read(1, 1, 1000, usize::MAX)
+            .unwrap()
+            .iter()
+            .map(|m| m.seq)
+            .collect();
+        let expected: Vec<u64> = (1..=5).chain(next_base..=total).collect();
+        assert_eq!(seqs, expected);
+        // A reader standing in the hole moves on to the next readable message.
+        assert_eq!(log.read(1, 7, 1, usize::MAX).unwrap()[0].seq, next_base);
+        assert_eq!(log.read_one(1, 6).unwrap(), None);
+        assert_eq!(
+            log.read_one(1, next_base).unwrap().unwrap().message,
+            msg(next_base as usize - 1)
+        );
+        assert_eq!(log.append(1, vec![msg(0)]).await.unwrap()[0].seq, total + 1);
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_record_in_the_active_segment_cuts_it_there_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = SegmentLog::open_with(dir.path(), 1024).unwrap();
+            log.create_stream(1).await.unwrap();
+            fill(&log, dir.path(), 3, 5).await;
+        }
+        let files = segment_files(dir.path(), 1);
+        let sizes: Vec<u64> = files
+            .iter()
+            .map(|f| fs::metadata(f).unwrap().len())
+            .collect();
+        let active = &files[2];
+        let cut_at = record_offsets(active)[2];
+        corrupt_record(active, 2);
+
+        let log = SegmentLog::open_with(dir.path(), 1024).unwrap();
+        let base = base_of(active);
+        assert_eq!(log.next_seq(1).unwrap(), base + 2);
+        assert_eq!(fs::metadata(active).unwrap().len(), cut_at);
+        for (f, size) in files.iter().zip(&sizes).take(2) {
+            assert_eq!(
+                fs::metadata(f).unwrap().len(),
+                *size,
+                "sealed segments are never cut"
+            );
+        }
+        assert_eq!(
+            log.read(1, 1, 1000, usize::MAX).unwrap().len() as u64,
+            base + 1
+        );
+        assert_eq!(log.append(1, vec![msg(0)]).await.unwrap()[0].seq, base + 2);
     }
 
     #[tokio::test]

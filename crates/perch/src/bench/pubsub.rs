@@ -1056,6 +1056,7 @@ mod tests {
             bridge: Default::default(),
             telemetry_retention: None,
             provisioning: Default::default(),
+            log_segment_max_bytes: perch_store::embedded::SEGMENT_MAX_BYTES,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(crate::serve(config, data_dir, listeners, async {

@@ -153,3 +153,198 @@ async fn an_in_process_server_stops_cleanly_and_restarts_on_the_same_dir() {
     assert_eq!(server.token, token);
     assert_still_there(&server.rest(), &registry, &device).await;
 }
+
+/// Every entry under `dir` (not following links) with its permission bits.
+fn modes_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, bool, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(path) = pending.pop() {
+        let meta = std::fs::symlink_metadata(&path).expect("stat");
+        if meta.is_dir() {
+            for e in std::fs::read_dir(&path).expect("read_dir") {
+                pending.push(e.expect("entry").path());
+            }
+        }
+        out.push((path, meta.is_dir(), meta.permissions().mode() & 0o777));
+    }
+    out
+}
+
+fn assert_private(dir: &std::path::Path) {
+    for (path, is_dir, mode) in modes_under(dir) {
+        let want = if is_dir { 0o700 } else { 0o600 };
+        assert_eq!(mode, want, "{} is {mode:o}", path.display());
+    }
+}
+
+#[tokio::test]
+async fn data_files_are_private_and_a_wider_data_dir_is_tightened_at_start_up() {
+    let mut server = TestServer::spawn();
+    let rest = server.rest();
+    populate(&rest).await;
+    // A topic and a publish create the Pub/Sub store and a message-log segment.
+    rest.send(
+        reqwest::Method::PUT,
+        "/v1/projects/p1/topics/modes",
+        Some(&json!({})),
+    )
+    .await
+    .ok();
+    rest.post(
+        "/v1/projects/p1/topics/modes:publish",
+        &json!({"messages": [{"data": "aGk="}]}),
+    )
+    .await
+    .ok();
+    let data_dir = server.data_dir().to_owned();
+    let names: Vec<String> = modes_under(&data_dir)
+        .iter()
+        .map(|(p, _, _)| p.display().to_string())
+        .collect();
+    for file in [
+        "registry.redb",
+        "pubsub.redb",
+        ".seg",
+        "admin-token",
+        "ca.key",
+    ] {
+        assert!(
+            names.iter().any(|n| n.ends_with(file)),
+            "no {file} in {names:?}"
+        );
+    }
+    assert_private(&data_dir);
+
+    // An older version (or an operator) left everything open to other users.
+    server.kill();
+    for (path, is_dir, _) in modes_under(&data_dir) {
+        let wide = if is_dir { 0o755 } else { 0o644 };
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(wide)).expect("chmod");
+    }
+    let server = server.restart().await;
+    assert_private(server.data_dir());
+    let log = std::fs::read_to_string(data_dir.parent().expect("root").join("server-1.log"))
+        .expect("server log");
+    assert!(
+        log.contains("took their access away") && log.contains("registry.redb"),
+        "{log}"
+    );
+    // Still works after the change.
+    server.rest().get(&v1("/registries/reg")).await.ok();
+}
+
+/// The next StreamingPull response, within a deadline.
+async fn next_response(
+    responses: &mut tonic::Streaming<perch_proto::pubsub::StreamingPullResponse>,
+) -> perch_proto::pubsub::StreamingPullResponse {
+    tokio::time::timeout(std::time::Duration::from_secs(10), responses.message())
+        .await
+        .expect("a StreamingPull response in time")
+        .expect("the stream stays up")
+        .expect("the stream stays open")
+}
+
+/// Exactly-once over StreamingPull (issue 12): the AcknowledgeConfirmation is sent only once the
+/// acks are on disk, so a SIGKILL right after it must not bring the messages back.
+#[tokio::test]
+async fn exactly_once_streaming_ack_confirmations_are_sent_only_once_durable() {
+    use perch_proto::pubsub as ps;
+    use tokio_stream::wrappers::ReceiverStream;
+
+    const SUB: &str = "projects/p1/subscriptions/eo-sub";
+    let mut server = TestServer::spawn();
+    let rest = server.rest();
+    for (path, body) in [
+        ("/v1/projects/p1/topics/eo-acks", json!({})),
+        (
+            "/v1/projects/p1/subscriptions/eo-sub",
+            json!({"topic": "projects/p1/topics/eo-acks", "enableExactlyOnceDelivery": true}),
+        ),
+    ] {
+        rest.send(reqwest::Method::PUT, path, Some(&body))
+            .await
+            .ok();
+    }
+    let messages: Vec<Value> = (0..5).map(|_| json!({"data": "b2xk"})).collect();
+    rest.post(
+        "/v1/projects/p1/topics/eo-acks:publish",
+        &json!({ "messages": messages }),
+    )
+    .await
+    .ok();
+
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc))
+        .expect("grpc uri")
+        .connect()
+        .await
+        .expect("connect");
+    let auth: tonic::metadata::AsciiMetadataValue =
+        format!("Bearer {}", server.token.clone().expect("token"))
+            .parse()
+            .expect("ascii");
+    let mut client = ps::subscriber_client::SubscriberClient::with_interceptor(
+        channel,
+        move |mut r: tonic::Request<()>| {
+            r.metadata_mut().insert("authorization", auth.clone());
+            Ok(r)
+        },
+    );
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(ps::StreamingPullRequest {
+        subscription: SUB.into(),
+        stream_ack_deadline_seconds: 60,
+        ..Default::default()
+    })
+    .await
+    .expect("first request");
+    let mut responses = client
+        .streaming_pull(ReceiverStream::new(rx))
+        .await
+        .expect("StreamingPull")
+        .into_inner();
+    let mut ack_ids = Vec::new();
+    while ack_ids.len() < 5 {
+        ack_ids.extend(
+            next_response(&mut responses)
+                .await
+                .received_messages
+                .into_iter()
+                .map(|m| m.ack_id),
+        );
+    }
+    tx.send(ps::StreamingPullRequest {
+        ack_ids: ack_ids.clone(),
+        ..Default::default()
+    })
+    .await
+    .expect("ack request");
+    let confirmed = loop {
+        if let Some(c) = next_response(&mut responses).await.acknowledge_confirmation {
+            break c;
+        }
+    };
+    assert_eq!(confirmed.ack_ids, ack_ids);
+    server.kill(); // at once: the confirmation promised the acks are on disk
+
+    let server = server.restart().await;
+    let rest = server.rest();
+    rest.post(
+        "/v1/projects/p1/topics/eo-acks:publish",
+        &json!({"messages": [{"data": "bmV3"}]}),
+    )
+    .await
+    .ok();
+    let pulled = rest
+        .post(&format!("/v1/{SUB}:pull"), &json!({"maxMessages": 10}))
+        .await
+        .ok();
+    let data: Vec<&Value> = pulled["receivedMessages"]
+        .as_array()
+        .expect("receivedMessages")
+        .iter()
+        .map(|m| &m["message"]["data"])
+        .collect();
+    assert_eq!(data, ["bmV3"], "confirmed acks were lost: {pulled}");
+}

@@ -112,6 +112,7 @@ impl TestServer {
             bridge: Default::default(),
             telemetry_retention: None,
             provisioning: Default::default(),
+            log_segment_max_bytes: perch_store::embedded::SEGMENT_MAX_BYTES,
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (done_tx, done_rx) = mpsc::channel();
