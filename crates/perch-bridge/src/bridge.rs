@@ -15,6 +15,13 @@ use crate::activity::Activity;
 use crate::mqtt::codec::DEFAULT_MAX_PACKET_BYTES;
 use crate::sessions::Sessions;
 
+/// Concurrent MQTT connections one listener serves by default (more wait in the backlog).
+pub const MQTT_MAX_CONNECTIONS: usize = 50_000;
+/// Concurrent MQTT connections one IP address may hold by default: a fifth of
+/// [`MQTT_MAX_CONNECTIONS`], so one host cannot take the listener, while a site of thousands of
+/// devices behind one NAT still fits (raise it with `--mqtt-max-connections-per-source`).
+pub const MQTT_MAX_CONNECTIONS_PER_SOURCE: usize = 10_000;
+
 /// Limits and timeouts of the device bridges (defaults follow IoT Core, SPEC.md §4.10).
 #[derive(Debug, Clone)]
 pub struct BridgeOptions {
@@ -32,8 +39,12 @@ pub struct BridgeOptions {
     pub state_max_bytes: usize,
     /// Largest MQTT packet buffered; bigger ones close the connection while decoding.
     pub max_packet_bytes: usize,
-    /// Concurrent MQTT connections; more wait in the accept backlog.
+    /// Concurrent MQTT connections per listener; more wait in the accept backlog
+    /// (default [`MQTT_MAX_CONNECTIONS`], lowered at start-up to fit the file-descriptor limit).
     pub max_connections: usize,
+    /// Concurrent MQTT connections from one IP address; more are closed at once (default
+    /// [`MQTT_MAX_CONNECTIONS_PER_SOURCE`], flag `--mqtt-max-connections-per-source`).
+    pub max_connections_per_source: usize,
     /// A TLS handshake must finish within this time.
     pub tls_handshake_timeout: Duration,
     /// Refuse a bad SUBSCRIBE with SUBACK 0x80 instead of closing (IoT Core closed).
@@ -61,7 +72,8 @@ impl Default for BridgeOptions {
             telemetry_max_bytes: 256 * 1024,
             state_max_bytes: 64 * 1024,
             max_packet_bytes: DEFAULT_MAX_PACKET_BYTES,
-            max_connections: 50_000,
+            max_connections: MQTT_MAX_CONNECTIONS,
+            max_connections_per_source: MQTT_MAX_CONNECTIONS_PER_SOURCE,
             tls_handshake_timeout: Duration::from_secs(10),
             subscribe_failure_suback: false,
             telemetry_per_second: 100.0,

@@ -10,9 +10,10 @@
 mod activity;
 mod bridge;
 pub mod http;
+pub mod listen;
 pub mod mqtt;
 pub mod router;
 mod sessions;
 mod state;
 
-pub use bridge::{Bridge, BridgeOptions};
+pub use bridge::{Bridge, BridgeOptions, MQTT_MAX_CONNECTIONS, MQTT_MAX_CONNECTIONS_PER_SOURCE};

@@ -1055,6 +1055,7 @@ mod tests {
             insecure_admin: false,
             bridge: Default::default(),
             telemetry_retention: None,
+            http: Default::default(),
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(crate::serve(config, data_dir, listeners, async {

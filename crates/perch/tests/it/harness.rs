@@ -111,6 +111,7 @@ impl TestServer {
             insecure_admin: false,
             bridge: Default::default(),
             telemetry_retention: None,
+            http: Default::default(),
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (done_tx, done_rx) = mpsc::channel();
