@@ -1,4 +1,5 @@
-//! Device activity times (`lastHeartbeatTime`, `lastEventTime`), batched: IoT Core let these
+//! Device activity times (`lastHeartbeatTime`, `lastEventTime`, and `lastConfigSendTime` of HTTP
+//! `getConfig`), batched: IoT Core let these
 //! lag by minutes, and one registry write per PINGREQ or telemetry message would cost an fsync
 //! each. They are flushed every `FLUSH_INTERVAL`, `FLUSH_BATCH` devices per store transaction.
 
@@ -20,6 +21,7 @@ const FLUSH_BATCH: usize = 1000;
 struct Times {
     heartbeat: Option<DateTime<Utc>>,
     event: Option<DateTime<Utc>>,
+    config_sent: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -37,6 +39,12 @@ impl Activity {
     pub(crate) fn event(&self, registry: &RegistryName, num_id: u64, at: DateTime<Utc>) {
         if let Ok(mut p) = self.pending.lock() {
             p.entry((registry.clone(), num_id)).or_default().event = Some(at);
+        }
+    }
+
+    pub(crate) fn config_sent(&self, registry: &RegistryName, num_id: u64, at: DateTime<Utc>) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.entry((registry.clone(), num_id)).or_default().config_sent = Some(at);
         }
     }
 
@@ -58,6 +66,9 @@ impl Activity {
                             }
                             if times.event.is_some() {
                                 d.last_event_time = times.event;
+                            }
+                            if times.config_sent.is_some() {
+                                d.last_config_send_time = times.config_sent;
                             }
                         });
                     (reg, DeviceRef::NumId(num_id), update)

@@ -9,6 +9,7 @@
 
 mod activity;
 mod bridge;
+mod rate;
 pub mod http;
 pub mod listen;
 pub mod mqtt;
@@ -17,3 +18,4 @@ mod sessions;
 mod state;
 
 pub use bridge::{Bridge, BridgeOptions, MQTT_MAX_CONNECTIONS, MQTT_MAX_CONNECTIONS_PER_SOURCE};
+pub use rate::HTTP_RATE_ENTRIES_PRUNE_AT;

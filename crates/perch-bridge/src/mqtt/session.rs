@@ -81,9 +81,8 @@ pub(crate) struct Session {
     token_expiry: Instant,
     started: Instant,
     last_inbound: Instant,
-    /// Telemetry token bucket: tokens left and when it was last refilled.
-    telemetry_tokens: f64,
-    telemetry_refilled: Instant,
+    /// Telemetry token bucket.
+    telemetry: crate::rate::TokenBucket,
 }
 
 impl Session {
@@ -118,24 +117,17 @@ impl Session {
             token_expiry,
             started: Instant::now(),
             last_inbound: Instant::now(),
-            telemetry_tokens: f64::MAX,
-            telemetry_refilled: Instant::now(),
+            telemetry: crate::rate::TokenBucket::full(Instant::now()),
         }
     }
 
     /// Takes one telemetry token; false when the connection is over its rate.
     fn take_telemetry_token(&mut self, options: &crate::BridgeOptions) -> bool {
-        let now = Instant::now();
-        let elapsed = now.duration_since(self.telemetry_refilled).as_secs_f64();
-        self.telemetry_refilled = now;
-        self.telemetry_tokens = (self.telemetry_tokens.min(options.telemetry_burst)
-            + elapsed * options.telemetry_per_second)
-            .min(options.telemetry_burst);
-        if self.telemetry_tokens < 1.0 {
-            return false;
-        }
-        self.telemetry_tokens -= 1.0;
-        true
+        self.telemetry.take(
+            options.telemetry_per_second,
+            options.telemetry_burst,
+            Instant::now(),
+        )
     }
 
     pub(crate) fn identity(&self) -> &DeviceIdentity {
