@@ -9,10 +9,10 @@
 
 mod activity;
 mod bridge;
-mod rate;
 pub mod http;
 pub mod listen;
 pub mod mqtt;
+mod rate;
 pub mod router;
 mod sessions;
 mod state;

@@ -234,9 +234,15 @@ mod tests {
         let first = limit.admit(a);
         let second = limit.admit(a);
         assert!(first.is_some() && second.is_some());
-        assert!(limit.admit(a).is_none(), "a third connection from one address");
+        assert!(
+            limit.admit(a).is_none(),
+            "a third connection from one address"
+        );
         assert!(limit.admit(b).is_some(), "another address is not affected");
         drop(first);
-        assert!(limit.admit(a).is_some(), "a closed connection frees its slot");
+        assert!(
+            limit.admit(a).is_some(),
+            "a closed connection frees its slot"
+        );
     }
 }

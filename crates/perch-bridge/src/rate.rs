@@ -57,11 +57,18 @@ pub(crate) struct DeviceRates {
 }
 
 impl DeviceRates {
-    fn with<T>(&self, num_id: u64, now: Instant, options: &BridgeOptions, f: impl FnOnce(&mut DeviceRate) -> T) -> T {
+    fn with<T>(
+        &self,
+        num_id: u64,
+        now: Instant,
+        options: &BridgeOptions,
+        f: impl FnOnce(&mut DeviceRate) -> T,
+    ) -> T {
         let mut devices = self.devices.lock().unwrap_or_else(|e| e.into_inner());
         if devices.len() >= HTTP_RATE_ENTRIES_PRUNE_AT && !devices.contains_key(&num_id) {
-            let refill = Duration::from_secs_f64(options.telemetry_burst / options.telemetry_per_second)
-                .max(options.state_min_interval);
+            let refill =
+                Duration::from_secs_f64(options.telemetry_burst / options.telemetry_per_second)
+                    .max(options.state_min_interval);
             devices.retain(|_, d| now.saturating_duration_since(d.last_seen) < refill);
         }
         let device = devices.entry(num_id).or_insert_with(|| DeviceRate {
@@ -87,7 +94,9 @@ impl DeviceRates {
     pub(crate) fn state(&self, num_id: u64, options: &BridgeOptions) -> bool {
         let now = Instant::now();
         self.with(num_id, now, options, |d| {
-            if d.last_state.is_some_and(|last| now < last + options.state_min_interval) {
+            if d.last_state
+                .is_some_and(|last| now < last + options.state_min_interval)
+            {
                 return false;
             }
             d.last_state = Some(now);
@@ -106,10 +115,16 @@ mod tests {
         let mut b = TokenBucket::full(t0);
         assert!((0..4).all(|_| b.take(2.0, 4.0, t0)), "the burst");
         assert!(!b.take(2.0, 4.0, t0), "over the burst");
-        assert!(b.take(2.0, 4.0, t0 + Duration::from_millis(500)), "one token after 1/rate");
+        assert!(
+            b.take(2.0, 4.0, t0 + Duration::from_millis(500)),
+            "one token after 1/rate"
+        );
         assert!(!b.take(2.0, 4.0, t0 + Duration::from_millis(500)));
         let later = t0 + Duration::from_secs(60);
-        assert!((0..4).all(|_| b.take(2.0, 4.0, later)), "refills to the burst, no more");
+        assert!(
+            (0..4).all(|_| b.take(2.0, 4.0, later)),
+            "refills to the burst, no more"
+        );
         assert!(!b.take(2.0, 4.0, later));
     }
 
@@ -125,7 +140,10 @@ mod tests {
         assert!(!rates.telemetry(1, &options), "device 1 is over its burst");
         assert!(rates.telemetry(2, &options), "device 2 has its own bucket");
         assert!(rates.state(1, &options));
-        assert!(!rates.state(1, &options), "a second state within the interval");
+        assert!(
+            !rates.state(1, &options),
+            "a second state within the interval"
+        );
         assert!(rates.state(2, &options));
     }
 }

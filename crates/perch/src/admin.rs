@@ -250,7 +250,10 @@ mod tests {
         assert!(!same_origin("http://evil.example", "127.0.0.1:8080"));
         assert!(!same_origin("http://127.0.0.1:9999", "127.0.0.1:8080"));
         assert!(!same_origin("null", "127.0.0.1:8080"));
-        assert!(!same_origin("http://evil.example@127.0.0.1:8080", "127.0.0.1:8080"));
+        assert!(!same_origin(
+            "http://evil.example@127.0.0.1:8080",
+            "127.0.0.1:8080"
+        ));
         assert!(!same_origin("http://127.0.0.1:8080", ""));
     }
 

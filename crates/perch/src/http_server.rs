@@ -206,7 +206,10 @@ impl Activity {
                 let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
                 (self.start + last + idle, "idle timeout")
             } else {
-                (self.start + first_byte, "no request within the header timeout")
+                (
+                    self.start + first_byte,
+                    "no request within the header timeout",
+                )
             };
             if Instant::now() >= deadline {
                 return why;
