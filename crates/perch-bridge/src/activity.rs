@@ -1,7 +1,6 @@
-//! Device activity times (`lastHeartbeatTime`, `lastEventTime`, and `lastConfigSendTime` of HTTP
-//! `getConfig`), batched: IoT Core let these
-//! lag by minutes, and one registry write per PINGREQ or telemetry message would cost an fsync
-//! each. They are flushed every `FLUSH_INTERVAL`, `FLUSH_BATCH` devices per store transaction.
+//! Device activity times (`lastHeartbeatTime`, `lastEventTime`, and the `lastConfigSendTime` of
+//! HTTP `getConfig`), batched: IoT Core let these lag by minutes, and one registry write per
+//! PINGREQ, telemetry message or config fetch would cost an fsync each. They are flushed every `FLUSH_INTERVAL`, `FLUSH_BATCH` devices per store transaction.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -15,9 +15,10 @@ use crate::activity::Activity;
 use crate::mqtt::codec::DEFAULT_MAX_PACKET_BYTES;
 use crate::sessions::Sessions;
 
-/// Concurrent MQTT connections one listener serves by default (more wait in the backlog).
+/// Concurrent MQTT connections served by default, both MQTT listeners together (more wait in the
+/// backlog).
 pub const MQTT_MAX_CONNECTIONS: usize = 50_000;
-/// Concurrent MQTT connections one IP address may hold by default: a fifth of
+/// Concurrent MQTT connections one IP address may hold on one MQTT listener by default: a fifth of
 /// [`MQTT_MAX_CONNECTIONS`], so one host cannot take the listener, while a site of thousands of
 /// devices behind one NAT still fits (raise it with `--mqtt-max-connections-per-source`).
 pub const MQTT_MAX_CONNECTIONS_PER_SOURCE: usize = 10_000;
@@ -39,10 +40,10 @@ pub struct BridgeOptions {
     pub state_max_bytes: usize,
     /// Largest MQTT packet buffered; bigger ones close the connection while decoding.
     pub max_packet_bytes: usize,
-    /// Concurrent MQTT connections per listener; more wait in the accept backlog
+    /// Concurrent MQTT connections, both listeners together; more wait in the accept backlog
     /// (default [`MQTT_MAX_CONNECTIONS`], lowered at start-up to fit the file-descriptor limit).
     pub max_connections: usize,
-    /// Concurrent MQTT connections from one IP address; more are closed at once (default
+    /// Concurrent MQTT connections from one IP address to one listener; more are closed at once (default
     /// [`MQTT_MAX_CONNECTIONS_PER_SOURCE`], flag `--mqtt-max-connections-per-source`).
     pub max_connections_per_source: usize,
     /// A TLS handshake must finish within this time.
