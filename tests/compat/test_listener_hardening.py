@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import ssl
+import threading
 import time
 from pathlib import Path
 
@@ -127,7 +128,7 @@ def test_silent_and_slow_connections_are_closed_by_deadlines(servers):
     half_head.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
     # A whole head announcing a body that never comes.
     stalled_body = _connect(server, "admin")
-    stalled_body.sendall(b"POST /v1/projects/p/topics/t:publish HTTP/1.1\r\nHost: x\r\n"
+    stalled_body.sendall(b"POST /v1/projects/p/topics/busy-topic:publish HTTP/1.1\r\nHost: x\r\n"
                          b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
     try:
         for what, sock in (("silent TLS", silent), ("half head", half_head), ("stalled body", stalled_body)):
@@ -138,6 +139,28 @@ def test_silent_and_slow_connections_are_closed_by_deadlines(servers):
     finally:
         for s in (silent, half_head, stalled_body):
             s.close()
+
+
+def test_a_request_the_server_is_working_on_is_not_idle(servers):
+    server = servers("busy", "--http-header-timeout", "1", "--http-idle-timeout", "1")
+    base = f"{server.admin_url}/v1/projects/busy"
+    http = requests.Session()
+    http.trust_env = False
+    assert http.put(f"{base}/topics/busy-topic", json={}, timeout=10).status_code == 200
+    assert http.put(f"{base}/subscriptions/busy-sub", json={"topic": "projects/busy/topics/busy-topic"}, timeout=10).status_code == 200
+    # A pull waits silently for a message published 2.5 s later: longer than the idle timeout.
+    publisher = threading.Timer(2.5, lambda: requests.post(f"{base}/topics/busy-topic:publish", timeout=10,
+                                                           json={"messages": [{"data": b64(b"late")}]}))
+    publisher.start()
+    try:
+        started = time.monotonic()
+        response = http.post(f"{base}/subscriptions/busy-sub:pull", json={"maxMessages": 1}, timeout=15)
+        assert response.status_code == 200, response.text
+        assert time.monotonic() - started >= 2.0, "the pull answered before the message was published"
+        assert [m["message"]["data"] for m in response.json()["receivedMessages"]] == [b64(b"late")]
+    finally:
+        publisher.join()
+        http.close()
 
 
 def test_mqtt_per_source_cap(servers, project, monkeypatch):

@@ -7,22 +7,23 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
+use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use perch_bridge::listen::Gate;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
+use tower::Service;
 
 /// Most concurrent connections one HTTP listener (admin, gRPC, device bridge) serves by default;
 /// more wait in the backlog. Flag `--http-max-connections`.
@@ -38,7 +39,8 @@ pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(20);
 /// A connection on which no byte moved in either direction for this long is closed (stalled
 /// request bodies, dead peers; default 120 s, above the longest server-side wait, a 10 s pull).
-/// HTTP/2 keepalive pings count as traffic. Flag `--http-idle-timeout`.
+/// HTTP/2 keepalive pings count as traffic; a request awaiting its response keeps the connection
+/// busy, not idle. Flag `--http-idle-timeout`.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// HTTP/2 pings on idle connections (streaming pull), and how long a ping may go unanswered.
 pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -87,7 +89,7 @@ pub async fn serve(
             _ = &mut shutdown => break,
             a = gate.next(&listener) => match a { Some(a) => a, None => break },
         };
-        let service = TowerToHyperService::new(router.clone());
+        let router = router.clone();
         let tls = tls.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
@@ -97,7 +99,7 @@ pub async fn serve(
                 Some(acceptor) => {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
                     {
-                        Ok(Ok(s)) => serve_connection(s, service, watcher, limits).await,
+                        Ok(Ok(s)) => serve_connection(s, router, watcher, limits).await,
                         Ok(Err(e)) => {
                             tracing::debug!(listener = name, %peer, error = %e, "tls handshake failed");
                             return;
@@ -108,7 +110,7 @@ pub async fn serve(
                         }
                     }
                 }
-                None => serve_connection(stream, service, watcher, limits).await,
+                None => serve_connection(stream, router, watcher, limits).await,
             };
             match result {
                 Ok(Some(why)) => tracing::debug!(listener = name, %peer, why, "connection closed"),
@@ -135,7 +137,7 @@ pub async fn serve(
 /// closes it (Some(why)), or it fails.
 async fn serve_connection<S>(
     stream: S,
-    service: TowerToHyperService<Router>,
+    router: Router,
     watcher: hyper_util::server::graceful::Watcher,
     limits: HttpLimits,
 ) -> Result<Option<&'static str>, Box<dyn std::error::Error + Send + Sync>>
@@ -154,6 +156,27 @@ where
         .keep_alive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
         .keep_alive_timeout(HTTP2_KEEPALIVE_TIMEOUT);
     let activity = Activity::new();
+    // A request received whole and waiting for its response is not idle, however long the
+    // handler takes; one whose body stalls is.
+    let busy = activity.clone();
+    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        let waiting = Arc::new(Waiting::new(busy.clone()));
+        if request.body().is_end_stream() {
+            waiting.received();
+        }
+        let request = request.map(|body| {
+            axum::body::Body::new(Received {
+                inner: body,
+                waiting: waiting.clone(),
+            })
+        });
+        let mut router = router.clone();
+        async move {
+            let response = router.call(request).await;
+            waiting.answered();
+            response
+        }
+    });
     let stream = Watched {
         inner: stream,
         activity: activity.clone(),
@@ -170,12 +193,93 @@ where
 }
 
 /// When a connection (after its TLS handshake) last moved a byte, in milliseconds since it
-/// started, and whether the peer has sent anything yet.
+/// started, whether the peer has sent anything yet, and how many requests, received whole, await
+/// their response.
 #[derive(Debug, Clone)]
 struct Activity {
     start: Instant,
     last_ms: Arc<AtomicU64>,
     heard: Arc<AtomicBool>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// Where one request is: its body still arriving, received whole and awaiting the response
+/// (counted in [`Activity::in_flight`]), or answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Receiving,
+    Waiting,
+    Answered,
+}
+
+/// One request's [`Stage`], kept in step with its connection's in-flight count.
+struct Waiting {
+    activity: Activity,
+    stage: Mutex<Stage>,
+}
+
+impl Waiting {
+    fn new(activity: Activity) -> Waiting {
+        Waiting {
+            activity,
+            stage: Mutex::new(Stage::Receiving),
+        }
+    }
+
+    /// The whole request body has arrived: the server is working, the connection is not idle.
+    fn received(&self) {
+        let mut stage = self.stage.lock().unwrap_or_else(|e| e.into_inner());
+        if *stage == Stage::Receiving {
+            *stage = Stage::Waiting;
+            self.activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The response head is out (or the request was dropped): the idle clock restarts.
+    fn answered(&self) {
+        let mut stage = self.stage.lock().unwrap_or_else(|e| e.into_inner());
+        if *stage == Stage::Waiting {
+            self.activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+        *stage = Stage::Answered;
+        self.activity.touch();
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.answered();
+    }
+}
+
+/// A request body that marks its request [`Waiting`] once it has been read to the end.
+struct Received {
+    inner: Incoming,
+    waiting: Arc<Waiting>,
+}
+
+impl hyper::body::Body for Received {
+    type Data = axum::body::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.waiting.received();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 impl Activity {
@@ -184,6 +288,7 @@ impl Activity {
             start: Instant::now(),
             last_ms: Arc::default(),
             heard: Arc::default(),
+            in_flight: Arc::default(),
         }
     }
 
@@ -198,11 +303,14 @@ impl Activity {
     }
 
     /// Resolves (with the reason) once the peer sent nothing within `first_byte` of the start,
-    /// or once no byte moved in either direction for `idle`. (Hyper's own HTTP/1 header timeout
-    /// only starts once the protocol is detected, so a silent connection needs this one.)
+    /// or once no byte moved in either direction for `idle` while no request awaited its
+    /// response. (Hyper's own HTTP/1 header timeout only starts once the protocol is detected,
+    /// so a silent connection needs this one.)
     async fn expired(&self, first_byte: Duration, idle: Duration) -> &'static str {
         loop {
-            let (deadline, why) = if self.heard.load(Ordering::Relaxed) {
+            let (deadline, why) = if self.in_flight.load(Ordering::Relaxed) > 0 {
+                (Instant::now() + idle, "")
+            } else if self.heard.load(Ordering::Relaxed) {
                 let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
                 (self.start + last + idle, "idle timeout")
             } else {
@@ -211,7 +319,7 @@ impl Activity {
                     "no request within the header timeout",
                 )
             };
-            if Instant::now() >= deadline {
+            if Instant::now() >= deadline && !why.is_empty() {
                 return why;
             }
             tokio::time::sleep_until(deadline).await;
