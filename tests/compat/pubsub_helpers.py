@@ -304,10 +304,11 @@ class PushRequest:
 
 class PushEndpoint:
     """An HTTP server on 127.0.0.1:0 that records POSTs; the n-th request is answered with statuses[n]
-    (then `default`)."""
+    (then `default`); 3xx answers carry `Location: redirect_to` when given."""
 
-    def __init__(self, statuses: Sequence[int] = (), default: int = 204) -> None:
+    def __init__(self, statuses: Sequence[int] = (), default: int = 204, redirect_to: str = "") -> None:
         self.requests: list[PushRequest] = []
+        self.redirect_to = redirect_to
         self.statuses = list(statuses)
         self.default = default
         self._cond = threading.Condition()
@@ -324,6 +325,8 @@ class PushEndpoint:
                     status = endpoint.statuses[index] if index < len(endpoint.statuses) else endpoint.default
                     endpoint._cond.notify_all()
                 self.send_response(status)
+                if 300 <= status < 400 and endpoint.redirect_to:
+                    self.send_header("Location", endpoint.redirect_to)
                 if status == 204:
                     self.end_headers()
                 else:

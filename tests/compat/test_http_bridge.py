@@ -16,7 +16,8 @@ import time
 import pytest
 
 from device_helpers import (STATE_LIMIT, TELEMETRY_LIMIT, DeviceKey, DeviceWorld, Seed, assert_error,
-                            assert_telemetry, b64, hs256_jwt, unb64, unsigned_jwt, urlsafe_b64, wait_for_field)
+                            assert_telemetry, b64, hs256_jwt, unb64, unsigned_jwt, urlsafe_b64, wait_for_field,
+                            wait_until)
 from pubsub_helpers import PubSub
 
 # Bytes whose standard and URL-safe base64 differ ("+/" vs "-_").
@@ -191,3 +192,85 @@ def test_size_limits(seed):
                                 state_device.token()), 400, "INVALID_ARGUMENT")
     assert seed.ps.pull_quiet(seed.subs["sensordata"], 0.5) == []
     assert "state" not in seed.admin.get_device(state_device.name)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# rate limits and reads without writes (issue 12 item 13): a private server with a low telemetry rate
+
+
+@pytest.fixture
+def slow_seed(tmp_path, project, monkeypatch):
+    """The HTTP seed on a private server whose telemetry rate is 2/s per device (burst 4)."""
+    import os
+
+    from perch_server import PerchServer
+
+    server = PerchServer(os.path.abspath(os.environ["PERCH_BIN"]), tmp_path / "data", tmp_path / "perch.log", dev=True,
+                         extra_args=("--telemetry-rate", "2"))
+    server.start()
+    ps = PubSub(server, project, monkeypatch)
+    world = DeviceWorld(server, project, ps)
+    yield Seed.create(world, http=True)
+    world.close()
+    ps.close()
+    try:
+        server.stop()
+    finally:
+        server.kill()
+
+
+def _store_writes(seed) -> float:
+    """How many registry/Pub/Sub store writes the server has committed (the group-commit histogram's sum)."""
+    text = seed.world.admin.session.get(seed.world.server.admin_url + "/metrics", timeout=10).text
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith("perch_store_group_commit_writes_sum"))
+
+
+def test_http_telemetry_over_the_device_rate_is_429_and_nothing_accepted_is_lost(slow_seed):
+    http = slow_seed.world.http()
+    device, other = slow_seed.device("http-fast"), slow_seed.device("http-calm")
+    token = device.token()
+    started = time.monotonic()
+    answers = [http.publish_event(device, {"binaryData": b64(f"m{i}".encode())}, token) for i in range(12)]
+    elapsed = time.monotonic() - started
+    accepted = [i for i, r in enumerate(answers) if r.status_code == 200]
+    refused = [r for r in answers if r.status_code != 200]
+    assert refused, f"12 events in {elapsed:.2f}s at 2/s (burst 4) were all accepted"
+    for r in refused:
+        assert "faster than" in assert_error(r, 429, "RESOURCE_EXHAUSTED")
+    assert 4 <= len(accepted) <= 4 + 2 * elapsed + 1, (len(accepted), elapsed)
+    # Another device has its own budget.
+    assert_ok(http.publish_event(other, {"binaryData": b64(b"calm")}, other.token()), {})
+    # Every event answered 200 reached Pub/Sub.
+    expected = {f"m{i}".encode(): device.attributes("") for i in accepted}
+    expected[b"calm"] = other.attributes("")
+    assert_telemetry(slow_seed.ps.drain(slow_seed.subs["sensordata"], len(expected)), expected)
+
+
+def test_http_state_faster_than_once_a_second_is_429(slow_seed):
+    http = slow_seed.world.http()
+    device = slow_seed.device("http-state-rate")
+    token = device.token()
+    assert_ok(http.set_state(device, {"state": {"binaryData": b64(b"first")}}, token), {})
+    message = assert_error(http.set_state(device, {"state": {"binaryData": b64(b"second")}}, token), 429,
+                           "RESOURCE_EXHAUSTED")
+    assert "once per 1000 ms" in message
+    assert [unb64(s["binaryData"]) for s in slow_seed.admin.list_states(device.name)] == [b"first"]
+    # After the interval the device may report again.
+    wait_until(lambda: http.set_state(device, {"state": {"binaryData": b64(b"third")}}, token).status_code == 200,
+               5, "a state report after the 1 s interval", interval=0.25)
+
+
+def test_get_config_does_not_write_the_registry_per_request(slow_seed):
+    http = slow_seed.world.http()
+    device = slow_seed.device("http-config-reader")
+    token = device.token()
+    assert_ok(http.get_config(device, token, 0), {"version": "1"})
+    before = _store_writes(slow_seed)
+    for _ in range(40):
+        assert_ok(http.get_config(device, token, 0), {"version": "1"})
+    writes = _store_writes(slow_seed) - before
+    # The activity flush (every 2 s) may write once or twice meanwhile; 40 reads must not mean 40 writes.
+    assert writes <= 5, f"40 getConfig calls caused {writes} store writes"
+    # The bookkeeping still happens, batched.
+    wait_for_field(slow_seed.admin, device.name, lambda d: d.get("lastConfigSendTime"), "lastConfigSendTime")

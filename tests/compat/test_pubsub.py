@@ -59,8 +59,8 @@ def ps(live_dev_server, project, monkeypatch):
 def push_endpoint():
     endpoints: list[PushEndpoint] = []
 
-    def make(statuses=(), default=204) -> PushEndpoint:
-        endpoint = PushEndpoint(statuses, default)
+    def make(statuses=(), default=204, redirect_to="") -> PushEndpoint:
+        endpoint = PushEndpoint(statuses, default, redirect_to)
         endpoints.append(endpoint)
         return endpoint
 
@@ -936,6 +936,18 @@ def test_push_500_is_retried_with_backoff_and_counts_delivery_attempts(ps, push_
 
     time.sleep(1.5)  # 200 acks: no fourth attempt
     assert len(endpoint.snapshot()) == 3
+
+
+def test_push_redirects_are_failed_deliveries_not_followed(ps, push_endpoint):
+    elsewhere = push_endpoint(default=204)
+    endpoint = push_endpoint(statuses=[307, 302], default=204, redirect_to=elsewhere.url("/elsewhere"))
+    topic = ps.create_topic("sensordata")
+    ps.create_subscription("push-sub", topic, push_config={"push_endpoint": endpoint.url()})
+    [msg_id] = ps.publish(topic, [(b"stay here", {})])
+
+    requests_ = endpoint.wait_for(3, timeout=30, what="push attempts (307, 302, then 204)")
+    assert [r.json()["message"]["messageId"] for r in requests_] == [msg_id] * 3
+    assert elsewhere.snapshot() == [], "a redirect was followed"
 
 
 def test_push_no_wrapper_sends_the_raw_data(ps, push_endpoint):

@@ -1,8 +1,9 @@
-//! Device activity times (`lastHeartbeatTime`, `lastEventTime`) and the latest error
-//! (`lastErrorTime`, `lastErrorStatus`), batched: IoT Core let these lag by minutes, and one
-//! registry write per PINGREQ, telemetry message or refused CONNECT would cost an fsync each (and
-//! let anyone who knows a device id write to the registry at will). They are flushed every
-//! `FLUSH_INTERVAL`, `FLUSH_BATCH` devices per store transaction.
+//! Device activity times (`lastHeartbeatTime`, `lastEventTime`, and the `lastConfigSendTime` of
+//! HTTP `getConfig`) and the latest error (`lastErrorTime`, `lastErrorStatus`), batched: IoT Core
+//! let these lag by minutes, and one registry write per PINGREQ, telemetry message, config fetch
+//! or refused CONNECT would cost an fsync each (and let anyone who knows a device id write to the
+//! registry at will). They are flushed every `FLUSH_INTERVAL`, `FLUSH_BATCH` devices per store
+//! transaction.
 //!
 //! Invariant: the pending map holds at most one entry per existing device (callers only report
 //! devices they looked up), so however often a device fails, it costs at most one registry write
@@ -30,6 +31,7 @@ struct Times {
     /// The latest error since the last flush; earlier ones are overwritten (only the latest is
     /// visible on the device anyway).
     error: Option<(DateTime<Utc>, ErrorStatus)>,
+    config_sent: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -68,6 +70,12 @@ impl Activity {
         }
     }
 
+    pub(crate) fn config_sent(&self, registry: &RegistryName, num_id: u64, at: DateTime<Utc>) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.entry((registry.clone(), num_id)).or_default().config_sent = Some(at);
+        }
+    }
+
     pub(crate) async fn flush(&self, registry: &RegistryService) {
         let batch: Vec<((RegistryName, u64), Times)> = match self.pending.lock() {
             Ok(mut p) => p.drain().collect(),
@@ -90,6 +98,9 @@ impl Activity {
                             if let Some((at, status)) = times.error {
                                 d.last_error_time = Some(at);
                                 d.last_error_status = Some(status);
+                            }
+                            if times.config_sent.is_some() {
+                                d.last_config_send_time = times.config_sent;
                             }
                         });
                     (reg, DeviceRef::NumId(num_id), update)

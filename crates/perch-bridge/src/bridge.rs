@@ -31,6 +31,13 @@ pub const MQTT_SUBSCRIBES_PER_SECOND: f64 = 10.0;
 /// SUBSCRIBE and UNSUBSCRIBE packets one MQTT connection may send at once above its sustained
 /// rate (a gateway subscribing for its attached devices). Default 1,000.
 pub const MQTT_SUBSCRIBE_BURST: f64 = 1_000.0;
+/// Concurrent MQTT connections served by default, both MQTT listeners together (more wait in the
+/// backlog).
+pub const MQTT_MAX_CONNECTIONS: usize = 50_000;
+/// Concurrent MQTT connections one IP address may hold on one MQTT listener by default: a fifth of
+/// [`MQTT_MAX_CONNECTIONS`], so one host cannot take the listener, while a site of thousands of
+/// devices behind one NAT still fits (raise it with `--mqtt-max-connections-per-source`).
+pub const MQTT_MAX_CONNECTIONS_PER_SOURCE: usize = 10_000;
 
 /// Limits and timeouts of the device bridges (defaults follow IoT Core, SPEC.md §4.10).
 #[derive(Debug, Clone)]
@@ -49,8 +56,12 @@ pub struct BridgeOptions {
     pub state_max_bytes: usize,
     /// Largest MQTT packet buffered; bigger ones close the connection while decoding.
     pub max_packet_bytes: usize,
-    /// Concurrent MQTT connections; more wait in the accept backlog.
+    /// Concurrent MQTT connections, both listeners together; more wait in the accept backlog
+    /// (default [`MQTT_MAX_CONNECTIONS`], lowered at start-up to fit the file-descriptor limit).
     pub max_connections: usize,
+    /// Concurrent MQTT connections from one IP address to one listener; more are closed at once (default
+    /// [`MQTT_MAX_CONNECTIONS_PER_SOURCE`], flag `--mqtt-max-connections-per-source`).
+    pub max_connections_per_source: usize,
     /// A TLS handshake must finish within this time.
     pub tls_handshake_timeout: Duration,
     /// Refuse a bad SUBSCRIBE with SUBACK 0x80 instead of closing (IoT Core closed).
@@ -88,7 +99,8 @@ impl Default for BridgeOptions {
             telemetry_max_bytes: 256 * 1024,
             state_max_bytes: 64 * 1024,
             max_packet_bytes: DEFAULT_MAX_PACKET_BYTES,
-            max_connections: 50_000,
+            max_connections: MQTT_MAX_CONNECTIONS,
+            max_connections_per_source: MQTT_MAX_CONNECTIONS_PER_SOURCE,
             tls_handshake_timeout: Duration::from_secs(10),
             subscribe_failure_suback: false,
             telemetry_per_second: 100.0,

@@ -3,12 +3,17 @@
 //!
 //! Served on `--device-http` (HTTPS). Bodies accept camelCase and snake_case and every base64
 //! flavour firmware sends; success is always exactly 200, as the samples require.
+//!
+//! Rates are limited per device with the MQTT bridge's settings (`crate::rate`): telemetry over
+//! the token bucket and state reports within `state_min_interval` of the last one are answered
+//! 429 `RESOURCE_EXHAUSTED`. `getConfig` only reads the registry; its `lastConfigSendTime` goes
+//! through the batched activity flush.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{FromRef, Path, RawQuery, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
@@ -23,6 +28,7 @@ use perch_store::log::NewMessage;
 use serde::Deserialize;
 
 use crate::bridge::Inner;
+use crate::rate::DeviceRates;
 use crate::router::{self, DeviceIdentity};
 use crate::state::store_state;
 
@@ -42,7 +48,30 @@ fn error_response((code, message): Failure) -> Response {
     (http, axum::Json(body)).into_response()
 }
 
+/// The router's state: the bridge, and the per-device rate state of HTTP requests.
+#[derive(Clone)]
+struct HttpState {
+    bridge: Arc<Inner>,
+    rates: Arc<DeviceRates>,
+}
+
+impl FromRef<HttpState> for Arc<Inner> {
+    fn from_ref(state: &HttpState) -> Arc<Inner> {
+        state.bridge.clone()
+    }
+}
+
+impl FromRef<HttpState> for Arc<DeviceRates> {
+    fn from_ref(state: &HttpState) -> Arc<DeviceRates> {
+        state.rates.clone()
+    }
+}
+
 pub(crate) fn router(bridge: Arc<Inner>) -> Router {
+    let state = HttpState {
+        bridge,
+        rates: Arc::default(),
+    };
     Router::new()
         .route("/{version}/projects/{project}/locations/{location}/registries/{registry}/devices/{*rest}", any(handle))
         .route(
@@ -50,7 +79,7 @@ pub(crate) fn router(bridge: Arc<Inner>) -> Router {
             axum::routing::post(provision),
         )
         .layer(axum::extract::DefaultBodyLimit::max(BODY_MAX_BYTES))
-        .with_state(bridge)
+        .with_state(state)
 }
 
 /// Standard or URL-safe base64, padded or not.
@@ -126,6 +155,7 @@ fn no_gateways(info: &Option<serde_json::Value>) -> Result<(), Failure> {
 
 async fn handle(
     State(bridge): State<Arc<Inner>>,
+    State(rates): State<Arc<DeviceRates>>,
     Path((version, project, location, registry, rest)): Path<(
         String,
         String,
@@ -140,6 +170,7 @@ async fn handle(
 ) -> Response {
     match serve(
         &bridge,
+        &rates,
         &version,
         &project,
         &location,
@@ -160,6 +191,7 @@ async fn handle(
 #[allow(clippy::too_many_arguments)]
 async fn serve(
     bridge: &Inner,
+    rates: &DeviceRates,
     version: &str,
     project: &str,
     location: &str,
@@ -207,6 +239,17 @@ async fn serve(
     let (identity, registry, device) = authenticate(bridge, &name, headers).await?;
     match call {
         "publishEvent" => {
+            if !rates.telemetry(identity.num_id, &bridge.options) {
+                return Err(failure(
+                    ErrorCode::ResourceExhausted,
+                    format!(
+                        "device `{}` sends telemetry faster than {} messages per second (burst {})",
+                        identity.device_id,
+                        bridge.options.telemetry_per_second,
+                        bridge.options.telemetry_burst
+                    ),
+                ));
+            }
             let body: PublishEventBody = parse_json(body)?;
             no_gateways(&body.gateway_info)?;
             let data = decode_base64("binaryData", &body.binary_data)?;
@@ -252,6 +295,16 @@ async fn serve(
             Ok(ok_json(serde_json::json!({})))
         }
         "setState" => {
+            if !rates.state(identity.num_id, &bridge.options) {
+                return Err(failure(
+                    ErrorCode::ResourceExhausted,
+                    format!(
+                        "device `{}` reports state more often than once per {} ms",
+                        identity.device_id,
+                        bridge.options.state_min_interval.as_millis()
+                    ),
+                ));
+            }
             let body: SetStateBody = parse_json(body)?;
             no_gateways(&body.gateway_info)?;
             let data = decode_base64("state.binaryData", &body.state.binary_data)?;
@@ -281,9 +334,10 @@ async fn serve(
                     ),
                 ));
             }
-            let now = Utc::now();
-            let update = Box::new(move |d: &mut Device| d.last_config_send_time = Some(now));
-            let _ = bridge.record(&identity, update).await;
+            // Bookkeeping only: batched with the activity times, never a registry write per read.
+            bridge
+                .activity
+                .config_sent(&identity.registry, identity.num_id, Utc::now());
             let mut out = serde_json::json!({ "version": latest.to_string() });
             // The device already has the latest version: nothing to send but the number.
             if local != latest && !device.config.binary_data.is_empty() {

@@ -10,12 +10,16 @@
 mod activity;
 mod bridge;
 pub mod http;
+pub mod listen;
 pub mod mqtt;
+mod rate;
 pub mod router;
 mod sessions;
 mod state;
 
 pub use bridge::{
-    Bridge, BridgeOptions, MQTT_COMMAND_FILTERS_MAX, MQTT_OUTBOUND_QUEUE_MAX_BYTES,
-    MQTT_SUBSCRIBE_BURST, MQTT_SUBSCRIBES_PER_SECOND, MQTT_WRITE_TIMEOUT,
+    Bridge, BridgeOptions, MQTT_COMMAND_FILTERS_MAX, MQTT_MAX_CONNECTIONS,
+    MQTT_MAX_CONNECTIONS_PER_SOURCE, MQTT_OUTBOUND_QUEUE_MAX_BYTES, MQTT_SUBSCRIBE_BURST,
+    MQTT_SUBSCRIBES_PER_SECOND, MQTT_WRITE_TIMEOUT,
 };
+pub use rate::HTTP_RATE_ENTRIES_PRUNE_AT;

@@ -1,6 +1,11 @@
 //! Push subscriptions: one task per subscription POSTs each message to its endpoint, acks on
 //! 102/200/201/202/204 and nacks otherwise (which backs off per the retry policy, or 100 ms to
 //! 60 s without one). At most `PUSH_CONCURRENCY` requests are in flight per subscription.
+//!
+//! Redirects are not followed: a 3xx answer is a failed delivery, retried with back-off like any
+//! other. Push endpoint URLs are trusted operator configuration (whoever may create a push
+//! subscription may make the server POST to any address it can reach); refusing redirects keeps
+//! a reachable endpoint from bouncing deliveries to a different one.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +36,7 @@ impl PushClient {
     pub(crate) fn new() -> PushClient {
         let http = reqwest::Client::builder()
             .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_default();
         PushClient { http }

@@ -1,12 +1,16 @@
 //! The admin surface: the router on `--admin` (cloudiot and Pub/Sub REST, telemetry queries,
 //! the dashboard, discovery, `/healthz`, `/metrics`)
 //! and the one on `--grpc` (DeviceManager, Publisher, Subscriber), each behind the admin token unless the server runs `--dev`.
+//!
+//! Also owns the REST router's cross-site guard (`same_origin_json`): request bodies must be
+//! `application/json`, and state-changing calls carrying a foreign `Origin` are refused, so a web
+//! page cannot drive a `--dev` server (or a browser holding a token) from another site.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::header;
+use axum::http::{Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -89,6 +93,105 @@ async fn require_token_grpc(
     }
 }
 
+/// Whether a call may change state (everything but GET, HEAD and OPTIONS).
+fn changes_state(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// `scheme://host[:port]` → (the scheme's default port, `host:port`).
+fn parse_origin(origin: &str) -> Option<(u16, String)> {
+    let (scheme, rest) = origin.split_once("://")?;
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "http" => 80,
+        "https" => 443,
+        _ => return None,
+    };
+    Some((
+        default_port,
+        authority_with_port(rest.trim_end_matches('/'), default_port)?,
+    ))
+}
+
+/// `host[:port]` (IPv6 in brackets) → `host:port`, lower-cased, the port defaulted.
+fn authority_with_port(authority: &str, default_port: u16) -> Option<String> {
+    if authority.is_empty() || authority.contains(['/', '@', '?', '#']) {
+        return None;
+    }
+    let authority = authority.to_ascii_lowercase();
+    let has_port = match authority.strip_prefix('[') {
+        Some(v6) => v6.contains("]:"),
+        None => authority.contains(':'),
+    };
+    Some(if has_port {
+        authority
+    } else {
+        format!("{authority}:{default_port}")
+    })
+}
+
+/// Whether the `Origin` of a request names the server it was sent to (`Host`, or the HTTP/2
+/// authority), the port defaulted from the origin's scheme.
+fn same_origin(origin: &str, host: &str) -> bool {
+    parse_origin(origin).is_some_and(|(default_port, origin)| {
+        authority_with_port(host, default_port).is_some_and(|host| host == origin)
+    })
+}
+
+/// Whether a Content-Type is JSON (`application/json`, any parameters).
+fn is_json(content_type: &str) -> bool {
+    content_type
+        .split(';')
+        .next()
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// Whether the request announces a body (a non-zero Content-Length, or a chunked one).
+fn has_body(request: &Request) -> bool {
+    let headers = request.headers();
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|n| n > 0)
+}
+
+/// The REST router's cross-site guard: a state-changing call whose `Origin` is another site is
+/// `PERMISSION_DENIED`; a body that is not `application/json` is `INVALID_ARGUMENT`. Calls
+/// without `Origin` (every non-browser client) and same-origin calls (the dashboard) pass.
+async fn same_origin_json(request: Request, next: Next) -> Response {
+    if changes_state(request.method())
+        && let Some(origin) = request.headers().get(header::ORIGIN)
+    {
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| request.uri().authority().map(|a| a.to_string()))
+            .unwrap_or_default();
+        let origin = origin.to_str().unwrap_or("");
+        if !same_origin(origin, &host) {
+            return rest::status_response(&tonic::Status::permission_denied(format!(
+                "cross-site request refused: Origin '{origin}' is not this server ('{host}')"
+            )));
+        }
+    }
+    if has_body(&request) {
+        let content_type = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !is_json(content_type) {
+            return rest::status_response(&tonic::Status::invalid_argument(format!(
+                "request bodies must be 'Content-Type: application/json', not '{content_type}'"
+            )));
+        }
+    }
+    next.run(request).await
+}
+
 async fn healthz() -> &'static str {
     "ok\n"
 }
@@ -117,6 +220,7 @@ pub fn rest_router(
                 request.uri().path()
             )))
         })
+        .layer(middleware::from_fn(same_origin_json))
 }
 
 /// The router on `--grpc`.
@@ -130,4 +234,36 @@ pub fn grpc_router(auth: AdminAuth, devices: DeviceManagerApi, pubsub: PubsubApi
         .routes()
         .into_axum_router()
         .layer(middleware::from_fn_with_state(auth, require_token_grpc))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_origin_compares_host_and_port_with_scheme_defaults() {
+        assert!(same_origin("http://127.0.0.1:8080", "127.0.0.1:8080"));
+        assert!(same_origin("http://LOCALHOST:8080/", "localhost:8080"));
+        assert!(same_origin("http://perch.example", "perch.example"));
+        assert!(same_origin("https://perch.example", "perch.example:443"));
+        assert!(same_origin("http://[::1]:8080", "[::1]:8080"));
+        assert!(!same_origin("http://evil.example", "127.0.0.1:8080"));
+        assert!(!same_origin("http://127.0.0.1:9999", "127.0.0.1:8080"));
+        assert!(!same_origin("null", "127.0.0.1:8080"));
+        assert!(!same_origin(
+            "http://evil.example@127.0.0.1:8080",
+            "127.0.0.1:8080"
+        ));
+        assert!(!same_origin("http://127.0.0.1:8080", ""));
+    }
+
+    #[test]
+    fn json_content_types() {
+        assert!(is_json("application/json"));
+        assert!(is_json("application/json; charset=utf-8"));
+        assert!(is_json("Application/JSON"));
+        assert!(!is_json("text/plain"));
+        assert!(!is_json("application/x-www-form-urlencoded"));
+        assert!(!is_json(""));
+    }
 }

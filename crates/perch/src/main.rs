@@ -91,6 +91,24 @@ struct ServeArgs {
     /// 1,000); faster closes it with RESOURCE_EXHAUSTED
     #[arg(long, default_value_t = perch_bridge::MQTT_SUBSCRIBES_PER_SECOND, value_parser = positive_seconds)]
     mqtt_subscribe_rate: f64,
+    /// Concurrent connections each HTTP listener (admin, gRPC, device bridge) serves; more wait
+    /// in the backlog (lowered at start-up to fit the open-file limit)
+    #[arg(long, default_value_t = perch::http_server::MAX_CONNECTIONS, value_parser = positive_count)]
+    http_max_connections: usize,
+    /// Concurrent connections one IP address may hold on each HTTP listener; more are closed
+    #[arg(long, default_value_t = perch::http_server::MAX_CONNECTIONS_PER_SOURCE, value_parser = positive_count)]
+    http_max_connections_per_source: usize,
+    /// Seconds a client has to send a whole HTTP/1 request head (also the keep-alive idle limit
+    /// between requests, and the limit for a silent new connection)
+    #[arg(long, default_value_t = perch::http_server::HEADER_READ_TIMEOUT.as_secs_f64(), value_parser = positive_seconds)]
+    http_header_timeout: f64,
+    /// Seconds without a byte in either direction after which an HTTP connection is closed
+    #[arg(long, default_value_t = perch::http_server::IDLE_TIMEOUT.as_secs_f64(), value_parser = positive_seconds)]
+    http_idle_timeout: f64,
+    /// Concurrent MQTT connections one IP address may hold; more are closed (raise it for
+    /// large sites behind one NAT)
+    #[arg(long, default_value_t = perch_bridge::MQTT_MAX_CONNECTIONS_PER_SOURCE, value_parser = positive_count)]
+    mqtt_max_connections_per_source: usize,
     /// Days the telemetry sink keeps rows and anomalies (0: forever)
     #[arg(long, default_value_t = 0)]
     telemetry_retention_days: u32,
@@ -120,6 +138,14 @@ fn positive_seconds(s: &str) -> std::result::Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
         _ => Err(format!("'{s}' is not a positive number")),
+    }
+}
+
+/// A positive whole number (a count limit) for a serve flag.
+fn positive_count(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(v) if v > 0 => Ok(v),
+        _ => Err(format!("'{s}' is not a positive whole number")),
     }
 }
 
@@ -162,6 +188,9 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         );
     }
     let data_dir = DataDir::open(&args.data_dir)?;
+    if let Some(fd_limit) = perch::serve::raise_fd_limit() {
+        tracing::info!(fd_limit, "open-file limit (RLIMIT_NOFILE)");
+    }
     let listeners = Listeners {
         admin: bind("admin", args.admin).await?,
         grpc: bind("grpc", args.grpc).await?,
@@ -186,7 +215,14 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
             write_timeout: std::time::Duration::from_secs_f64(args.mqtt_write_timeout),
             command_filters_max: args.mqtt_command_filters_max as usize,
             subscribes_per_second: args.mqtt_subscribe_rate,
+            max_connections_per_source: args.mqtt_max_connections_per_source,
             ..Default::default()
+        },
+        http: perch::http_server::HttpLimits {
+            max_connections: args.http_max_connections,
+            max_connections_per_source: args.http_max_connections_per_source,
+            header_read_timeout: std::time::Duration::from_secs_f64(args.http_header_timeout),
+            idle_timeout: std::time::Duration::from_secs_f64(args.http_idle_timeout),
         },
         telemetry_retention: (args.telemetry_retention_days > 0).then(|| {
             std::time::Duration::from_secs(u64::from(args.telemetry_retention_days) * 86_400)

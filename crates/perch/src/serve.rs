@@ -19,6 +19,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::admin::{self, AdminAuth};
 use crate::datadir::{DataDir, Endpoints};
+use crate::http_server::HttpLimits;
 use crate::{http_server, tls};
 
 /// What `perch serve` was asked to do (flags already validated).
@@ -39,6 +40,75 @@ pub struct ServeConfig {
     pub provisioning: perch_registry::provisioning::ProvisioningOptions,
     /// Size at which a topic's message-log segment is sealed (`--log-segment-bytes`).
     pub log_segment_max_bytes: u64,
+    /// Connection limits and deadlines of each HTTP listener (admin, gRPC, device bridge).
+    pub http: HttpLimits,
+}
+
+/// File descriptors kept back from client connections for the stores, log segments, the
+/// telemetry database and the runtime (default 128): listener caps are lowered at start-up so
+/// that all connections together stay below `RLIMIT_NOFILE` minus this.
+pub const FD_RESERVE: u64 = 128;
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit and returns the resulting soft limit
+/// (None when it cannot be read, e.g. unlimited).
+pub fn raise_fd_limit() -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if let (Some(current), Some(maximum)) = (limit.current, limit.maximum)
+        && maximum > current
+    {
+        let raised = Rlimit {
+            current: Some(maximum),
+            maximum: Some(maximum),
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!(error = %e, current, maximum, "cannot raise the open-file limit");
+        }
+    }
+    getrlimit(Resource::Nofile).current
+}
+
+/// The most connections one listener may hold so that `listeners` listeners together stay
+/// below `fd_limit` minus [`FD_RESERVE`] (at least 1).
+pub fn connections_per_listener(fd_limit: u64, listeners: u64) -> usize {
+    let share = fd_limit.saturating_sub(FD_RESERVE) / listeners.max(1);
+    usize::try_from(share.max(1)).unwrap_or(usize::MAX)
+}
+
+/// Lowers the listeners' connection caps to fit the process's open-file limit, and logs the
+/// resulting capacity.
+fn fit_to_fd_limit(config: &mut ServeConfig, listeners: &Listeners) {
+    let Some(fd_limit) = rustix::process::getrlimit(rustix::process::Resource::Nofile).current
+    else {
+        return;
+    };
+    let mqtt = listeners.mqtt.is_some() || listeners.mqtt_plain.is_some();
+    let count = 2 + u64::from(mqtt) + u64::from(listeners.device_http.is_some());
+    let share = connections_per_listener(fd_limit, count);
+    if config.http.max_connections > share {
+        tracing::warn!(
+            fd_limit,
+            configured = config.http.max_connections,
+            max_connections = share,
+            "lowering the HTTP listeners' connection cap to fit the open-file limit"
+        );
+        config.http.max_connections = share;
+    }
+    if mqtt && config.bridge.max_connections > share {
+        tracing::warn!(
+            fd_limit,
+            configured = config.bridge.max_connections,
+            max_connections = share,
+            "lowering the MQTT connection cap to fit the open-file limit"
+        );
+        config.bridge.max_connections = share;
+    }
+    tracing::info!(
+        fd_limit,
+        http_max_connections = config.http.max_connections,
+        mqtt_max_connections = config.bridge.max_connections,
+        "connection capacity (per listener)"
+    );
 }
 
 /// Listeners bound by the caller (port 0 in tests). The device listeners are optional so that
@@ -62,11 +132,12 @@ fn is_loopback(addr: &SocketAddr) -> bool {
 /// Runs a server on an open data dir until `shutdown` resolves. Writes `endpoints.json` once
 /// every listener is serving, and removes it when done.
 pub async fn serve(
-    config: ServeConfig,
+    mut config: ServeConfig,
     data_dir: DataDir,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    fit_to_fd_limit(&mut config, &listeners);
     let material = tls::ensure(&data_dir.tls_dir(), &config.tls_sans)?;
     let (cert, key) = match (&config.tls_cert, &config.tls_key) {
         (Some(c), Some(k)) => (c.clone(), k.clone()),
@@ -158,6 +229,7 @@ pub async fn serve(
         listeners.admin,
         admin::rest_router(auth.clone(), devices.clone(), pubsub_api.clone(), telemetry),
         admin_tls,
+        config.http,
         stopped(stop_rx.clone()),
     ));
     let grpc_task = tokio::spawn(http_server::serve(
@@ -165,6 +237,7 @@ pub async fn serve(
         listeners.grpc,
         admin::grpc_router(auth, devices, pubsub_api),
         grpc_tls,
+        config.http,
         stopped(stop_rx.clone()),
     ));
     let mut device_tasks = Vec::new();
@@ -201,6 +274,7 @@ pub async fn serve(
             l,
             router,
             Some(acceptor),
+            config.http,
             stopped(stop_rx.clone()),
         )));
         tracing::info!(%addr, "HTTPS device bridge listening");
@@ -257,4 +331,16 @@ fn tls_for(
     Ok(Some(TlsAcceptor::from(tls::server_config(
         cert, key, alpn,
     )?)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listeners_share_what_the_fd_limit_leaves_after_the_reserve() {
+        assert_eq!(connections_per_listener(256, 4), 32);
+        assert_eq!(connections_per_listener(1_048_576 + FD_RESERVE, 4), 262_144);
+        assert_eq!(connections_per_listener(64, 4), 1, "never zero");
+    }
 }

@@ -1,5 +1,6 @@
-//! The MQTT accept loop: connection cap, TLS handshake with a deadline, one task per
-//! connection. Takes an already bound listener (STYLE.md P5).
+//! The MQTT accept loop: admission through the shared [`Gate`] (connection cap, per-source cap,
+//! back-off on accept errors), TLS handshake with a deadline, one task per connection. Takes an
+//! already bound listener (STYLE.md P5).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::bridge::Inner;
+use crate::listen::Gate;
 use crate::mqtt::connection;
 
 pub(crate) async fn serve(
@@ -18,23 +20,21 @@ pub(crate) async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let mut gate = Gate::new(
+        name,
+        bridge.connections.clone(),
+        bridge.options.max_connections_per_source,
+    );
     loop {
-        let permit = tokio::select! {
+        let admitted = tokio::select! {
             _ = &mut shutdown => break,
-            p = bridge.connections.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            a = gate.next(&listener) => match a { Some(a) => a, None => break },
         };
-        let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => break,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => { tracing::debug!(listener = name, error = %e, "accept failed"); continue; }
-            },
-        };
-        let _ = stream.set_nodelay(true);
         let bridge = bridge.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let (stream, peer) = (admitted.stream, admitted.peer);
+            let _permits = admitted.permits;
             match tls {
                 Some(acceptor) => {
                     match tokio::time::timeout(

@@ -346,9 +346,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.redb");
         {
-            let committer =
-                Committer::start(Database::create(&path).unwrap(), path.clone(), "test-commit")
-                    .unwrap();
+            let committer = Committer::start(
+                Database::create(&path).unwrap(),
+                path.clone(),
+                "test-commit",
+            )
+            .unwrap();
             let mut tasks = Vec::new();
             for i in 0..500u64 {
                 let c = committer.clone();

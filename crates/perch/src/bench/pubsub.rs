@@ -1057,6 +1057,7 @@ mod tests {
             telemetry_retention: None,
             provisioning: Default::default(),
             log_segment_max_bytes: perch_store::embedded::SEGMENT_MAX_BYTES,
+            http: Default::default(),
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(crate::serve(config, data_dir, listeners, async {

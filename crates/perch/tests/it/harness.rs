@@ -113,6 +113,7 @@ impl TestServer {
             telemetry_retention: None,
             provisioning: Default::default(),
             log_segment_max_bytes: perch_store::embedded::SEGMENT_MAX_BYTES,
+            http: Default::default(),
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (done_tx, done_rx) = mpsc::channel();
