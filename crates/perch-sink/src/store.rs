@@ -904,4 +904,193 @@ mod tests {
         q.project = "other".into();
         assert!(store.query(&q).unwrap().is_empty());
     }
+
+    fn series_count(path: &Path, device_key: &str) -> i64 {
+        Connection::open(path)
+            .unwrap()
+            .query_row(
+                "SELECT count(*) FROM series WHERE device_key = ?1",
+                params![device_key],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+
+    fn stored(store: &TelemetryStore, device: &str) -> Vec<String> {
+        let q = Query {
+            project: "p".into(),
+            device_id: Some(device.into()),
+            limit: QUERY_LIMIT_MAX,
+            ..Default::default()
+        };
+        let points = store.query(&q).unwrap();
+        points.into_iter().map(|p| p.message_id).collect()
+    }
+
+    #[test]
+    fn huge_readings_from_one_device_block_no_batch_and_leave_models_finite() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sqlite");
+        let store = TelemetryStore::open(&path).unwrap();
+        let mut rows: Vec<Row> = ["21", "1e308", "-1e308", "21", "21.1"]
+            .iter()
+            .enumerate()
+            .map(|(i, t)| row("s", i as u64 + 1, "bad", i as i64, &format!(r#"{{"t":{t}}}"#)))
+            .collect();
+        rows.extend((6..=105).map(|i| row("s", i, "good", i as i64, r#"{"t": 20.5}"#)));
+        assert_eq!(store.insert(&rows).unwrap(), 105);
+        assert_eq!(stored(&store, "bad").len(), 5);
+        assert_eq!(stored(&store, "good").len(), 100);
+        let conn = Connection::open(&path).unwrap();
+        let (mean, var): (f64, f64) = conn
+            .query_row(
+                "SELECT mean, var FROM series WHERE key = 's//bad/temperature/t'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert!((mean - 21.05).abs() < 1e-9 && var.is_finite(), "{mean} {var}");
+    }
+
+    #[test]
+    fn a_message_whose_models_fail_is_stored_unmodelled_and_one_that_cannot_be_stored_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sqlite");
+        let store = TelemetryStore::open(&path).unwrap();
+        // Real SQLite failures, one per message: a trigger refuses this device's series, another
+        // this payload.
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TRIGGER no_series BEFORE INSERT ON series WHEN NEW.key LIKE '%/unmodelled/%'
+                   BEGIN SELECT RAISE(ABORT, 'refused series'); END;
+                 CREATE TRIGGER no_row BEFORE INSERT ON telemetry WHEN NEW.data = CAST('poison' AS BLOB)
+                   BEGIN SELECT RAISE(ABORT, 'refused row'); END;",
+            )
+            .unwrap();
+        let rows = vec![
+            row("s", 1, "unmodelled", 1, r#"{"t": 1}"#),
+            row("s", 2, "pi", 2, "poison"),
+            row("s", 3, "pi", 3, r#"{"t": 2}"#),
+        ];
+        assert_eq!(store.insert(&rows).unwrap(), 2);
+        assert_eq!(stored(&store, "unmodelled"), ["1"]);
+        assert_eq!(stored(&store, "pi"), ["3"]);
+        assert_eq!(series_count(&path, "s//unmodelled"), 0);
+        assert_eq!(series_count(&path, "s//pi"), 1);
+        let (id, error, data): (i64, String, Vec<u8>) = Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT message_id, error, data FROM rejected", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        assert_eq!((id, data.as_slice()), (2, b"poison".as_slice()));
+        assert!(error.contains("refused row"), "{error}");
+    }
+
+    #[test]
+    fn series_are_capped_per_message_and_per_device_keeping_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sqlite");
+        let store = TelemetryStore::open(&path).unwrap();
+        let fields = |from: usize, n: usize| {
+            let body: serde_json::Map<String, serde_json::Value> = (from..from + n)
+                .map(|i| (format!("f{i:05}"), serde_json::json!(i)))
+                .collect();
+            serde_json::to_string(&body).unwrap()
+        };
+        let wide = row("s", 1, "pi", 1, &fields(0, 3_000));
+        store.insert(&[wide]).unwrap();
+        let width = crate::model::MODEL_FIELDS_PER_MESSAGE_MAX;
+        assert_eq!(series_count(&path, "s//pi"), width as i64);
+        assert_eq!(stored(&store, "pi").len(), 1, "the row is stored whole");
+
+        let rows: Vec<Row> = (0..SERIES_PER_DEVICE_MAX / width + 2)
+            .map(|i| row("s", 2 + i as u64, "pi", 2 + i as i64, &fields(10_000 + i * width, width)))
+            .chain([row("s", 100, "pi-2", 100, r#"{"t": 1}"#)])
+            .collect();
+        store.insert(&rows).unwrap();
+        assert_eq!(series_count(&path, "s//pi"), SERIES_PER_DEVICE_MAX as i64);
+        assert_eq!(series_count(&path, "s//pi-2"), 1, "another device keeps its own");
+        let oldest: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row(
+                "SELECT min(updated_ms) FROM series WHERE device_key = 's//pi'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let kept_messages = SERIES_PER_DEVICE_MAX / width;
+        assert_eq!(oldest, 2 + (rows.len() - 1 - kept_messages) as i64, "the newest are kept");
+    }
+
+    #[test]
+    fn retention_deletes_series_no_message_updated_since_the_cutoff() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sqlite");
+        let store = TelemetryStore::open(&path).unwrap();
+        store
+            .insert(&[
+                row("s", 1, "idle", 1_000, r#"{"t": 1}"#),
+                row("s", 2, "busy", 1_000, r#"{"t": 1}"#),
+                row("s", 3, "busy", 5_000, r#"{"t": 1}"#),
+            ])
+            .unwrap();
+        let purged = store
+            .purge_before(Utc.timestamp_millis_opt(2_000).unwrap())
+            .unwrap();
+        assert_eq!(purged, Purged { rows: 2, series: 1 });
+        assert_eq!(series_count(&path, "s//idle"), 0);
+        assert_eq!(series_count(&path, "s//busy"), 1);
+    }
+
+    #[test]
+    fn series_of_an_older_file_are_kept_and_get_the_new_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sqlite");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TABLE series (key TEXT PRIMARY KEY, count INTEGER NOT NULL,
+                   mean REAL NOT NULL, var REAL NOT NULL);
+                 INSERT INTO series VALUES ('s//pi/temperature/t', 30, 21.0, 1e999);",
+            )
+            .unwrap();
+        let store = TelemetryStore::open(&path).unwrap();
+        drop(store);
+        let store = TelemetryStore::open(&path).unwrap();
+        // The infinite variance an older version could store restarts the series.
+        store
+            .insert(&[row("s", 1, "pi", 1, r#"{"t": 22.0}"#)])
+            .unwrap();
+        let (count, mean, device_key): (i64, f64, String) = Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT count, mean, device_key FROM series", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        assert_eq!((count, mean, device_key.as_str()), (1, 22.0, "s//pi"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_file_and_its_wal_and_shm_are_owner_only_even_if_an_older_version_made_them_0644() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sqlite");
+        let mode = |suffix: &str| {
+            let mut name = path.as_os_str().to_owned();
+            name.push(suffix);
+            std::fs::metadata(&name).unwrap().permissions().mode() & 0o777
+        };
+        let store = TelemetryStore::open(&path).unwrap();
+        store.insert(&[row("s", 1, "pi", 1, "{}")]).unwrap();
+        for suffix in ["", "-wal", "-shm"] {
+            assert_eq!(mode(suffix), 0o600, "telemetry.sqlite{suffix}");
+        }
+        drop(store);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let _store = TelemetryStore::open(&path).unwrap();
+        assert_eq!(mode(""), 0o600);
+    }
 }
