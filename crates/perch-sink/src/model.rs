@@ -125,7 +125,8 @@ impl Series {
 
 /// The numeric top-level fields of a JSON object payload, in name order.
 pub fn numeric_fields(payload: &[u8]) -> Vec<(String, f64)> {
-    let mut fields: Vec<(String, f64)> = match serde_json::from_slice::<serde_json::Value>(payload) {
+    let mut fields: Vec<(String, f64)> = match serde_json::from_slice::<serde_json::Value>(payload)
+    {
         Ok(serde_json::Value::Object(map)) => map
             .into_iter()
             .filter_map(|(k, v)| v.as_f64().map(|x| (k, x)))
@@ -186,7 +187,9 @@ mod tests {
         steady(100).for_each(|x| {
             s.observe(x);
         });
-        let flagged: Vec<bool> = steady(100).map(|x| s.observe(x + 10.0).outlier.is_some()).collect();
+        let flagged: Vec<bool> = steady(100)
+            .map(|x| s.observe(x + 10.0).outlier.is_some())
+            .collect();
         assert!(flagged[0], "the jump itself");
         assert!(
             !flagged[60..].iter().any(|f| *f),
@@ -195,7 +198,10 @@ mod tests {
     }
 
     fn assert_finite(s: &Series) {
-        assert!(s.mean.is_finite() && s.var.is_finite() && s.var >= 0.0, "{s:?}");
+        assert!(
+            s.mean.is_finite() && s.var.is_finite() && s.var >= 0.0,
+            "{s:?}"
+        );
     }
 
     #[test]
@@ -211,7 +217,11 @@ mod tests {
             .collect();
         assert!(!verdicts[0].restarted);
         assert!(verdicts[1..].iter().all(|v| v.restarted), "{verdicts:?}");
-        assert_eq!(s, Series::starting_at(21.0), "the device's normal readings start over");
+        assert_eq!(
+            s,
+            Series::starting_at(21.0),
+            "the device's normal readings start over"
+        );
         for x in steady(100) {
             assert_eq!(s.observe(x).outlier, None, "{x} after {s:?}");
         }
@@ -250,7 +260,8 @@ mod tests {
 
     #[test]
     fn only_the_first_fields_of_a_message_in_name_order_are_modelled() {
-        let body: serde_json::Map<String, serde_json::Value> = (0..MODEL_FIELDS_PER_MESSAGE_MAX + 5)
+        let body: serde_json::Map<String, serde_json::Value> = (0..MODEL_FIELDS_PER_MESSAGE_MAX
+            + 5)
             .map(|i| (format!("f{i:05}"), serde_json::json!(i)))
             .chain([("name".to_owned(), serde_json::json!("x"))])
             .collect();

@@ -60,7 +60,11 @@ impl Sink {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || match store.purge_before(chrono::Utc::now() - age) {
             Ok(p) if p == Default::default() => {}
-            Ok(p) => tracing::info!(rows = p.rows, series = p.series, "telemetry past its retention deleted"),
+            Ok(p) => tracing::info!(
+                rows = p.rows,
+                series = p.series,
+                "telemetry past its retention deleted"
+            ),
             Err(e) => tracing::warn!(error = %e, "telemetry retention failed; will retry"),
         });
     }

@@ -279,10 +279,13 @@ impl TelemetryStore {
         for r in rows {
             let written = match write_row(&mut txn, r, Modelling::On) {
                 Err(e) if !is_store_failure(&e) => {
-                    tracing::warn!(subscription = %r.subscription, message_id = r.message_id,
-                        error = %e, "telemetry stored without its anomaly models");
-                    tally.unmodelled += 1;
-                    write_row(&mut txn, r, Modelling::Off)
+                    let unmodelled = write_row(&mut txn, r, Modelling::Off);
+                    if unmodelled.is_ok() {
+                        tracing::warn!(subscription = %r.subscription, message_id = r.message_id,
+                            error = %e, "telemetry stored without its anomaly models");
+                        tally.unmodelled += 1;
+                    }
+                    unmodelled
                 }
                 other => other,
             };
@@ -666,10 +669,14 @@ fn load_series(conn: &Connection, key: &str) -> Result<Option<Series>> {
     let found = conn
         .prepare_cached("SELECT count, mean, var FROM series WHERE key = ?1")?
         .query_row(params![key], |row| {
+            // A value that is not a number (NULL from a hand-edited file) restarts the series.
+            let number = |i: usize| -> rusqlite::Result<f64> {
+                Ok(row.get::<_, Option<f64>>(i)?.unwrap_or(f64::NAN))
+            };
             Ok(Series {
-                count: row.get::<_, i64>(0)? as u64,
-                mean: row.get(1)?,
-                var: row.get(2)?,
+                count: row.get::<_, Option<i64>>(0)?.unwrap_or(0) as u64,
+                mean: number(1)?,
+                var: number(2)?,
             })
         });
     match found {
@@ -935,7 +942,15 @@ mod tests {
         let mut rows: Vec<Row> = ["21", "1e308", "-1e308", "21", "21.1"]
             .iter()
             .enumerate()
-            .map(|(i, t)| row("s", i as u64 + 1, "bad", i as i64, &format!(r#"{{"t":{t}}}"#)))
+            .map(|(i, t)| {
+                row(
+                    "s",
+                    i as u64 + 1,
+                    "bad",
+                    i as i64,
+                    &format!(r#"{{"t":{t}}}"#),
+                )
+            })
             .collect();
         rows.extend((6..=105).map(|i| row("s", i, "good", i as i64, r#"{"t": 20.5}"#)));
         assert_eq!(store.insert(&rows).unwrap(), 105);
@@ -949,11 +964,15 @@ mod tests {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .unwrap();
-        assert!((mean - 21.05).abs() < 1e-9 && var.is_finite(), "{mean} {var}");
+        assert!(
+            (mean - 21.05).abs() < 1e-9 && var.is_finite(),
+            "{mean} {var}"
+        );
     }
 
     #[test]
-    fn a_message_whose_models_fail_is_stored_unmodelled_and_one_that_cannot_be_stored_is_recorded() {
+    fn a_message_whose_models_fail_is_stored_unmodelled_and_one_that_cannot_be_stored_is_recorded()
+    {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.sqlite");
         let store = TelemetryStore::open(&path).unwrap();
@@ -1006,12 +1025,24 @@ mod tests {
         assert_eq!(stored(&store, "pi").len(), 1, "the row is stored whole");
 
         let rows: Vec<Row> = (0..SERIES_PER_DEVICE_MAX / width + 2)
-            .map(|i| row("s", 2 + i as u64, "pi", 2 + i as i64, &fields(10_000 + i * width, width)))
+            .map(|i| {
+                row(
+                    "s",
+                    2 + i as u64,
+                    "pi",
+                    2 + i as i64,
+                    &fields(10_000 + i * width, width),
+                )
+            })
             .chain([row("s", 100, "pi-2", 100, r#"{"t": 1}"#)])
             .collect();
         store.insert(&rows).unwrap();
         assert_eq!(series_count(&path, "s//pi"), SERIES_PER_DEVICE_MAX as i64);
-        assert_eq!(series_count(&path, "s//pi-2"), 1, "another device keeps its own");
+        assert_eq!(
+            series_count(&path, "s//pi-2"),
+            1,
+            "another device keeps its own"
+        );
         let oldest: i64 = Connection::open(&path)
             .unwrap()
             .query_row(
@@ -1021,7 +1052,11 @@ mod tests {
             )
             .unwrap();
         let kept_messages = SERIES_PER_DEVICE_MAX / width;
-        assert_eq!(oldest, 2 + (rows.len() - 1 - kept_messages) as i64, "the newest are kept");
+        assert_eq!(
+            oldest,
+            2 + (rows.len() - 1 - kept_messages) as i64,
+            "the newest are kept"
+        );
     }
 
     #[test]
