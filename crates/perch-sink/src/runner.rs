@@ -59,8 +59,12 @@ impl Sink {
         };
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || match store.purge_before(chrono::Utc::now() - age) {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(rows = n, "telemetry past its retention deleted"),
+            Ok(p) if p == Default::default() => {}
+            Ok(p) => tracing::info!(
+                rows = p.rows,
+                series = p.series,
+                "telemetry past its retention deleted"
+            ),
             Err(e) => tracing::warn!(error = %e, "telemetry retention failed; will retry"),
         });
     }
