@@ -72,7 +72,7 @@ async fn require_token_rest(
         .and_then(|v| v.to_str().ok());
     match auth.check(header) {
         Ok(()) => next.run(request).await,
-        Err(message) => rest::status_response(&tonic::Status::unauthenticated(message)),
+        Err(message) => refused(&request, &tonic::Status::unauthenticated(message)),
     }
 }
 
@@ -145,6 +145,21 @@ fn is_json(content_type: &str) -> bool {
         .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
 }
 
+/// The answer to a request refused before its body was read. The unread body makes the
+/// connection unusable for a next request, so the answer says `Connection: close`: without it a
+/// client that reuses the connection (as `requests` does) can race the server's close and see
+/// its next request dropped unanswered.
+fn refused(request: &Request, status: &tonic::Status) -> Response {
+    let mut response = rest::status_response(status);
+    if has_body(request) && request.version() <= axum::http::Version::HTTP_11 {
+        response.headers_mut().insert(
+            header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    response
+}
+
 /// Whether the request announces a body (a non-zero Content-Length, or a chunked one).
 fn has_body(request: &Request) -> bool {
     let headers = request.headers();
@@ -172,9 +187,10 @@ async fn same_origin_json(request: Request, next: Next) -> Response {
             .unwrap_or_default();
         let origin = origin.to_str().unwrap_or("");
         if !same_origin(origin, &host) {
-            return rest::status_response(&tonic::Status::permission_denied(format!(
+            let status = tonic::Status::permission_denied(format!(
                 "cross-site request refused: Origin '{origin}' is not this server ('{host}')"
-            )));
+            ));
+            return refused(&request, &status);
         }
     }
     if has_body(&request) {
@@ -184,9 +200,10 @@ async fn same_origin_json(request: Request, next: Next) -> Response {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         if !is_json(content_type) {
-            return rest::status_response(&tonic::Status::invalid_argument(format!(
+            let status = tonic::Status::invalid_argument(format!(
                 "request bodies must be 'Content-Type: application/json', not '{content_type}'"
-            )));
+            ));
+            return refused(&request, &status);
         }
     }
     next.run(request).await

@@ -75,6 +75,19 @@ pub fn connections_per_listener(fd_limit: u64, listeners: u64) -> usize {
     usize::try_from(share.max(1)).unwrap_or(usize::MAX)
 }
 
+/// Lowers one connection cap to `share`, with a warning, if it is higher.
+fn lower_to(cap: &mut usize, share: usize, fd_limit: u64, what: &str) {
+    if *cap > share {
+        tracing::warn!(
+            fd_limit,
+            configured = *cap,
+            max_connections = share,
+            "lowering the {what} connection cap to fit the open-file limit"
+        );
+        *cap = share;
+    }
+}
+
 /// Lowers the listeners' connection caps to fit the process's open-file limit, and logs the
 /// resulting capacity.
 fn fit_to_fd_limit(config: &mut ServeConfig, listeners: &Listeners) {
@@ -85,23 +98,9 @@ fn fit_to_fd_limit(config: &mut ServeConfig, listeners: &Listeners) {
     let mqtt = listeners.mqtt.is_some() || listeners.mqtt_plain.is_some();
     let count = 2 + u64::from(mqtt) + u64::from(listeners.device_http.is_some());
     let share = connections_per_listener(fd_limit, count);
-    if config.http.max_connections > share {
-        tracing::warn!(
-            fd_limit,
-            configured = config.http.max_connections,
-            max_connections = share,
-            "lowering the HTTP listeners' connection cap to fit the open-file limit"
-        );
-        config.http.max_connections = share;
-    }
-    if mqtt && config.bridge.max_connections > share {
-        tracing::warn!(
-            fd_limit,
-            configured = config.bridge.max_connections,
-            max_connections = share,
-            "lowering the MQTT connection cap to fit the open-file limit"
-        );
-        config.bridge.max_connections = share;
+    lower_to(&mut config.http.max_connections, share, fd_limit, "HTTP listeners'");
+    if mqtt {
+        lower_to(&mut config.bridge.max_connections, share, fd_limit, "MQTT");
     }
     tracing::info!(
         fd_limit,
