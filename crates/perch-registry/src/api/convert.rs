@@ -438,3 +438,26 @@ pub(crate) fn apply_device_read_mask(d: &mut pb::Device, paths: &[String], keep_
         d.gateway_config = None;
     }
 }
+
+/// Runs a REST request body through what the create and patch handlers do with it: the proto3
+/// JSON parse, then the domain conversion with its key and certificate checks. For the fuzz
+/// targets (`fuzz/fuzz_targets/rest_json.rs`); the handlers themselves call the functions above.
+#[doc(hidden)]
+pub fn check_request_body(body: &[u8]) {
+    if let Ok(d) = serde_json::from_slice::<pb::Device>(body) {
+        let _ = new_device_from_proto(&d);
+        let mask = [
+            "credentials",
+            "blocked",
+            "metadata",
+            "log_level",
+            "gateway_config",
+        ]
+        .map(String::from);
+        let _ = device_patch(&d, &mask);
+    }
+    if let Ok(r) = serde_json::from_slice::<pb::DeviceRegistry>(body) {
+        let _ = new_registry_from_proto(&r);
+        let _ = registry_patch(&r);
+    }
+}

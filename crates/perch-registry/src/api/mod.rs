@@ -5,6 +5,8 @@
 //! as `google.rpc.Status` JSON.
 
 mod convert;
+#[doc(hidden)]
+pub use convert::check_request_body;
 pub mod grpc;
 mod provisioning_rest;
 pub mod rest;

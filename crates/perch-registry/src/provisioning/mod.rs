@@ -1914,3 +1914,21 @@ mod tests {
         assert_eq!(request_credential(&r).unwrap_err().0, Reason::InvalidCsr);
     }
 }
+
+/// Runs a device's provisioning request body through every check that needs no store: the JSON
+/// parse, the size limits, the key or CSR (PEM, PKCS#10 signature, key parse) and glob matching
+/// of the requested id. For the fuzz target `fuzz/fuzz_targets/provision_request.rs`; requests
+/// themselves go through `ProvisioningService::provision`.
+#[doc(hidden)]
+pub fn check_request_body(body: &[u8]) {
+    let Ok(request) = serde_json::from_slice::<ProvisionRequest>(body) else {
+        return;
+    };
+    let _ = bounded_claims(&request.claims);
+    if oversized(&request).is_some() {
+        return;
+    }
+    let _ = request_credential(&request);
+    let _ = glob_matches("pi-*-*0", &request.claims.device_id);
+    let _ = glob_matches(&request.claims.serial, &request.claims.device_id);
+}
