@@ -163,17 +163,29 @@ import requests  # noqa: E402
 
 
 class Webhook:
-    """A local webhook answering per device id: allow, deny, slow (past the timeout) or 500."""
+    """A local webhook answering per device id: allow, deny, slow (past the timeout), 500, or a 302 redirect
+    to /final (which would allow, and counts its hits in `final_hits`)."""
 
     def __init__(self) -> None:
         self.seen: list[dict] = []
+        self.final_hits = 0
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802 - http.server's name
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.seen.append(body)
+                if self.path == "/final":
+                    outer.final_hits += 1
+                    body = {"claims": {"device_id": "allowed-after-redirect"}}
+                else:
+                    outer.seen.append(body)
                 device = body["claims"]["device_id"]
+                if device.startswith("redirect"):
+                    self.send_response(302)
+                    self.send_header("Location", "/final")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if device.startswith("slow"):
                     time.sleep(1.5)
                 if device.startswith("broken"):

@@ -6,9 +6,7 @@ The module runs on a server of its own with a small decision cap (`--provisionin
 
 from __future__ import annotations
 
-import http.server
 import subprocess
-import threading
 import time
 
 import pytest
@@ -17,7 +15,7 @@ import requests
 from conftest import BRIDGE_ARGS, PERCH_BIN, _LIVE_SERVERS, _counter, _shutdown
 from device_helpers import DeviceKey, unique
 from perch_server import PerchServer
-from test_provisioning import Claimant, create_bootstrap, decisions
+from test_provisioning import Claimant, Webhook, create_bootstrap, decisions
 
 DECISION_CAP = 6
 
@@ -200,45 +198,13 @@ def test_requests_over_the_bootstraps_rate_are_answered_without_being_stored(see
 # item 14 (provisioning part): a webhook redirect is refused, not followed
 
 
-class RedirectingWebhook:
-    """Answers /hook with a 302 to /final, which would allow everything."""
-
-    def __init__(self) -> None:
-        self.final_hits = 0
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server's name
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                if self.path == "/hook":
-                    self.send_response(302)
-                    self.send_header("Location", "/final")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                outer.final_hits += 1
-                data = b'{"allow": true}'
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-
-
 def test_a_webhook_that_redirects_is_a_webhook_error_even_with_on_error_allow(seed):
-    hook = RedirectingWebhook()
+    hook = Webhook()
     try:
         seed.admin.ok("PUT", f"{seed.registry.name}/provisioningWebhook",
                       body={"url": hook.url, "timeoutMs": 2000, "onError": "ALLOW"})
         bootstrap, key = create_bootstrap(seed)
-        answer = Claimant(seed, bootstrap, key).ask(unique("pi"), serial=unique("s"))
+        answer = Claimant(seed, bootstrap, key).ask(unique("redirect"), serial=unique("s"))
         assert answer["decision"] == "DENIED" and answer["reason"] == "WEBHOOK_ERROR", answer
         assert "redirect" in answer["message"] and "/final" in answer["message"], answer
         assert hook.final_hits == 0
