@@ -98,7 +98,12 @@ fn fit_to_fd_limit(config: &mut ServeConfig, listeners: &Listeners) {
     let mqtt = listeners.mqtt.is_some() || listeners.mqtt_plain.is_some();
     let count = 2 + u64::from(mqtt) + u64::from(listeners.device_http.is_some());
     let share = connections_per_listener(fd_limit, count);
-    lower_to(&mut config.http.max_connections, share, fd_limit, "HTTP listeners'");
+    lower_to(
+        &mut config.http.max_connections,
+        share,
+        fd_limit,
+        "HTTP listeners'",
+    );
     if mqtt {
         lower_to(&mut config.bridge.max_connections, share, fd_limit, "MQTT");
     }
