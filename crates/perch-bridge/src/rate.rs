@@ -57,7 +57,16 @@ struct DeviceRate {
 /// Per-device telemetry and state limits of the HTTP bridge (the same `BridgeOptions` as MQTT).
 #[derive(Debug, Default)]
 pub(crate) struct DeviceRates {
-    devices: Mutex<HashMap<u64, DeviceRate>>,
+    devices: Mutex<Devices>,
+}
+
+/// The rate state by device, and the size at which idle entries are next dropped: twice what a
+/// prune kept (at least `HTTP_RATE_ENTRIES_PRUNE_AT`), so that a fleet of many active devices
+/// does not scan the whole map on every new device.
+#[derive(Debug, Default)]
+struct Devices {
+    by_num_id: HashMap<u64, DeviceRate>,
+    prune_at: usize,
 }
 
 impl DeviceRates {
@@ -68,12 +77,19 @@ impl DeviceRates {
         options: &BridgeOptions,
         f: impl FnOnce(&mut DeviceRate) -> T,
     ) -> T {
-        let mut devices = self.devices.lock().unwrap_or_else(|e| e.into_inner());
-        if devices.len() >= HTTP_RATE_ENTRIES_PRUNE_AT && !devices.contains_key(&num_id) {
+        let mut guard = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        let Devices {
+            by_num_id: devices,
+            prune_at,
+        } = &mut *guard;
+        if devices.len() >= (*prune_at).max(HTTP_RATE_ENTRIES_PRUNE_AT)
+            && !devices.contains_key(&num_id)
+        {
             let refill =
                 Duration::from_secs_f64(options.telemetry_burst / options.telemetry_per_second)
                     .max(options.state_min_interval);
             devices.retain(|_, d| now.saturating_duration_since(d.last_seen) < refill);
+            *prune_at = 2 * devices.len();
         }
         let device = devices.entry(num_id).or_insert_with(|| DeviceRate {
             telemetry: TokenBucket::full(
@@ -126,6 +142,28 @@ mod tests {
         let later = t0 + Duration::from_secs(3600);
         assert!((0..3).all(|_| bucket.try_take(later)));
         assert!(!bucket.try_take(later));
+    }
+
+    #[test]
+    fn idle_devices_are_dropped_once_the_map_is_full_and_active_ones_kept() {
+        let options = BridgeOptions::default();
+        let rates = DeviceRates::default();
+        let t0 = Instant::now();
+        for id in 0..HTTP_RATE_ENTRIES_PRUNE_AT as u64 {
+            rates.with(id, t0, &options, |_| ());
+        }
+        // Much later, one old device is active again just before a new one arrives.
+        let later = t0 + Duration::from_secs(3600);
+        rates.with(0, later, &options, |_| ());
+        rates.with(u64::MAX, later, &options, |_| ());
+        let devices = rates.devices.lock().unwrap();
+        let mut kept: Vec<u64> = devices.by_num_id.keys().copied().collect();
+        kept.sort_unstable();
+        assert_eq!(
+            kept,
+            vec![0, u64::MAX],
+            "idle entries dropped, active ones kept"
+        );
     }
 
     #[test]
