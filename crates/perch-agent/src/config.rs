@@ -118,16 +118,12 @@ pub(crate) fn parse(text: &str, file: &str, base: &Path) -> Result<AgentConfig, 
             Algorithm::Es256
         }),
     };
-    let port = match f.take("MQTT_PORT") {
-        None => DEFAULT_MQTT_PORT,
-        Some(p) => match p.parse::<u16>() {
-            Ok(port) if port > 0 => port,
-            _ => {
-                f.error(format!("MQTT_PORT `{p}` is not a port number (1-65535)"));
-                0
-            }
-        },
-    };
+    let port = f.number(
+        "MQTT_PORT",
+        DEFAULT_MQTT_PORT,
+        |p| *p > 0,
+        |p| format!("MQTT_PORT `{p}` is not a port number (1-65535)"),
+    );
     let subfolder = f
         .take("SUBFOLDER")
         .unwrap_or_else(|| DEFAULT_SUBFOLDER.into());
@@ -136,18 +132,16 @@ pub(crate) fn parse(text: &str, file: &str, base: &Path) -> Result<AgentConfig, 
             "SUBFOLDER `{subfolder}` is not a valid subfolder (no `+`, `#`, leading `/`; at most 256 bytes)"
         ));
     }
-    let queue_max_readings = match f.take("QUEUE_MAX_READINGS") {
-        None => DEFAULT_QUEUE_MAX_READINGS,
-        Some(n) => match n.parse::<usize>() {
-            Ok(n) if (1..=QUEUE_MAX_READINGS_CAP).contains(&n) => n,
-            _ => {
-                f.error(format!(
-                    "QUEUE_MAX_READINGS `{n}` must be a whole number from 1 to {QUEUE_MAX_READINGS_CAP}"
-                ));
-                0
-            }
+    let queue_max_readings = f.number(
+        "QUEUE_MAX_READINGS",
+        DEFAULT_QUEUE_MAX_READINGS,
+        |n| (1..=QUEUE_MAX_READINGS_CAP).contains(n),
+        |n| {
+            format!(
+                "QUEUE_MAX_READINGS `{n}` must be a whole number from 1 to {QUEUE_MAX_READINGS_CAP}"
+            )
         },
-    };
+    );
     let bootstrap_id = bootstrap.as_ref().map(|b| b.id.as_str());
     for (key, value) in [
         ("DEVICE_ID", device.as_deref()),
@@ -259,6 +253,27 @@ impl Fields<'_> {
             self.error(format!("{key} is missing"));
         }
         value.unwrap_or_default()
+    }
+
+    /// A number: `default` when unset; an error (and 0) when it does not parse or `valid`
+    /// refuses it.
+    fn number<T: std::str::FromStr + Default>(
+        &mut self,
+        key: &str,
+        default: T,
+        valid: impl Fn(&T) -> bool,
+        describe: impl Fn(&str) -> String,
+    ) -> T {
+        let Some(text) = self.take(key) else {
+            return default;
+        };
+        match text.parse::<T>() {
+            Ok(n) if valid(&n) => n,
+            _ => {
+                self.error(describe(&text));
+                T::default()
+            }
+        }
     }
 
     /// BOOTSTRAP_KEY and BOOTSTRAP_ID: both or neither.
