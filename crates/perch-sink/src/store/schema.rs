@@ -176,4 +176,27 @@ mod tests {
         let _store = TelemetryStore::open(&path).unwrap();
         assert_eq!(mode(""), 0o600);
     }
+
+    #[test]
+    fn series_of_an_older_file_count_as_updated_at_the_clocks_now() {
+        use chrono::TimeZone;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sqlite");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TABLE series (key TEXT PRIMARY KEY, count INTEGER NOT NULL,
+                   mean REAL NOT NULL, var REAL NOT NULL);
+                 INSERT INTO series VALUES ('s//pi/temperature/t', 3, 21.0, 0.5);",
+            )
+            .unwrap();
+        let now = Utc.with_ymd_and_hms(2031, 5, 6, 7, 8, 9).unwrap();
+        let clock = perch_core::ManualClock::new(now);
+        drop(TelemetryStore::open_with_clock(&path, &clock).unwrap());
+        let updated: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT updated_ms FROM series", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(updated, now.timestamp_millis());
+    }
 }
