@@ -2,7 +2,7 @@
 //! device's credentials and the current time.
 //!
 //! Owns the token's shape, its `alg`, the `aud`/`iat`/`exp` claims and the signature check against
-//! every usable credential; also signs device tokens for clients, tests and the device agent.
+//! every usable credential. Signing is the device's (`perch_device::SigningKey`).
 //! Does not own finding the device, `blocked`, the registry's MQTT/HTTP state, gateway delegation,
 //! reading the clock (the caller passes `now`) or logging.
 //! Invariant: no `AuthError` message quotes the token or key material; the one attacker-chosen
@@ -14,8 +14,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Duration, Utc};
 use perch_core::model::DeviceCredential;
-use ring::rand::SystemRandom;
-use ring::signature::{self, EcdsaKeyPair, RsaKeyPair, UnparsedPublicKey};
+use ring::signature::{self, UnparsedPublicKey};
 use serde_json::{Map, Value};
 
 use crate::keys::{self, KeyAlgorithm};
@@ -93,9 +92,6 @@ pub enum AuthError {
     NoUsableCredential,
     #[error("the JWT signature does not match any of the device's credentials")]
     BadSignature,
-    /// Only from [`sign_device_jwt`]: the private key cannot be read or does not fit the algorithm.
-    #[error("cannot sign the JWT: {0}")]
-    InvalidPrivateKey(String),
 }
 
 impl AuthError {
@@ -336,160 +332,11 @@ fn describe_untrusted(text: &str) -> String {
     format!("`{shown}`")
 }
 
-/// Signs a device JWT with `aud = project`, `iat = issued_at` and `exp = issued_at + lifetime`
-/// (whole seconds), as IoT Core's samples do.
-///
-/// `private_key_pem` may be PKCS#8 (`PRIVATE KEY`) for either algorithm, SEC1 (`EC PRIVATE KEY`,
-/// as `openssl ecparam -genkey` writes it, with or without the `EC PARAMETERS` block) for ES256,
-/// or PKCS#1 (`RSA PRIVATE KEY`) for RS256. Encrypted keys are not supported. Draws randomness
-/// from the OS (ECDSA nonces, RSA blinding).
-pub fn sign_device_jwt(
-    private_key_pem: &str,
-    algorithm: KeyAlgorithm,
-    project: &str,
-    issued_at: DateTime<Utc>,
-    lifetime: Duration,
-) -> Result<String, AuthError> {
-    let expires_at = issued_at
-        .checked_add_signed(lifetime)
-        .ok_or_else(|| AuthError::InvalidClaim("exp is out of range".into()))?;
-    // Written by hand to keep IoT Core's claim order (serde_json's map would sort the keys).
-    let claims = format!(
-        r#"{{"aud":{},"iat":{},"exp":{}}}"#,
-        Value::String(project.to_owned()),
-        issued_at.timestamp(),
-        expires_at.timestamp()
-    );
-    let header = match algorithm {
-        KeyAlgorithm::Es256 => r#"{"alg":"ES256","typ":"JWT"}"#,
-        KeyAlgorithm::Rs256 => r#"{"alg":"RS256","typ":"JWT"}"#,
-    };
-    sign_compact(private_key_pem, algorithm, header, &claims)
-}
-
-/// Builds `header.claims.signature`, signing with `algorithm` whatever `header` says.
-fn sign_compact(
-    private_key_pem: &str,
-    algorithm: KeyAlgorithm,
-    header: &str,
-    claims_json: &str,
-) -> Result<String, AuthError> {
-    let signing_input = format!(
-        "{}.{}",
-        URL_SAFE_NO_PAD.encode(header),
-        URL_SAFE_NO_PAD.encode(claims_json)
-    );
-    let signature = sign_bytes(private_key_pem, algorithm, signing_input.as_bytes())?;
-    Ok(format!(
-        "{signing_input}.{}",
-        URL_SAFE_NO_PAD.encode(signature)
-    ))
-}
-
-fn sign_bytes(
-    private_key_pem: &str,
-    algorithm: KeyAlgorithm,
-    message: &[u8],
-) -> Result<Vec<u8>, AuthError> {
-    let bad_key = AuthError::InvalidPrivateKey;
-    let (label, der) = read_private_key_pem(private_key_pem)?;
-    let rng = SystemRandom::new();
-    match (algorithm, label.as_str()) {
-        (KeyAlgorithm::Es256, "PRIVATE KEY" | "EC PRIVATE KEY") => {
-            let pkcs8 = if label == "EC PRIVATE KEY" {
-                sec1_to_pkcs8(&der)?
-            } else {
-                der
-            };
-            let key =
-                EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8, &rng)
-                    .map_err(|e| bad_key(format!("not a P-256 private key ({e})")))?;
-            let signature = key
-                .sign(&rng, message)
-                .map_err(|_| bad_key("ECDSA signing failed".into()))?;
-            Ok(signature.as_ref().to_vec())
-        }
-        (KeyAlgorithm::Rs256, "PRIVATE KEY" | "RSA PRIVATE KEY") => {
-            let key = if label == "RSA PRIVATE KEY" {
-                RsaKeyPair::from_der(&der)
-            } else {
-                RsaKeyPair::from_pkcs8(&der)
-            }
-            .map_err(|e| bad_key(format!("not a usable RSA private key ({e})")))?;
-            let mut signature = vec![0; key.public().modulus_len()];
-            key.sign(&signature::RSA_PKCS1_SHA256, &rng, message, &mut signature)
-                .map_err(|_| bad_key("RSA signing failed".into()))?;
-            Ok(signature)
-        }
-        (_, label) => Err(bad_key(format!(
-            "a '{label}' PEM block cannot sign {algorithm:?} tokens"
-        ))),
-    }
-}
-
-/// Finds the first private-key PEM block, skipping `EC PARAMETERS` and anything before it.
-fn read_private_key_pem(text: &str) -> Result<(String, Vec<u8>), AuthError> {
-    for pem in x509_parser::pem::Pem::iter_from_buffer(text.as_bytes()) {
-        let Ok(pem) = pem else { break };
-        match pem.label.as_str() {
-            "PRIVATE KEY" | "EC PRIVATE KEY" | "RSA PRIVATE KEY" => {
-                return Ok((pem.label, pem.contents));
-            }
-            "ENCRYPTED PRIVATE KEY" => {
-                return Err(AuthError::InvalidPrivateKey(
-                    "the private key is encrypted; decrypt it with `openssl pkcs8 -topk8 -nocrypt`"
-                        .into(),
-                ));
-            }
-            _ => {}
-        }
-    }
-    Err(AuthError::InvalidPrivateKey(
-        "no '-----BEGIN PRIVATE KEY-----', 'EC PRIVATE KEY' or 'RSA PRIVATE KEY' PEM block found"
-            .into(),
-    ))
-}
-
-/// Wraps a SEC1 `ECPrivateKey` (RFC 5915) in a PKCS#8 `PrivateKeyInfo` for P-256, which is all
-/// `ring` reads. `ring` then checks the inner key, including its optional curve parameters.
-fn sec1_to_pkcs8(sec1: &[u8]) -> Result<Vec<u8>, AuthError> {
-    /// AlgorithmIdentifier { id-ecPublicKey, prime256v1 }.
-    const EC_P256_ALGORITHM: &[u8] = &[
-        0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86,
-        0x48, 0xce, 0x3d, 0x03, 0x01, 0x07,
-    ];
-    /// A P-256 SEC1 key is about 121 bytes; this bound keeps DER lengths to two bytes.
-    const SEC1_MAX_BYTES: usize = 1024;
-    if sec1.len() > SEC1_MAX_BYTES {
-        return Err(AuthError::InvalidPrivateKey(
-            "the EC private key is too long for P-256".into(),
-        ));
-    }
-    let mut body = vec![0x02, 0x01, 0x00];
-    body.extend_from_slice(EC_P256_ALGORITHM);
-    body.extend(der_tlv(0x04, sec1));
-    Ok(der_tlv(0x30, &body))
-}
-
-/// Encodes one DER tag-length-value; `content` is under 64 KiB (checked by the caller).
-fn der_tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-    let len = content.len();
-    let mut out = vec![tag];
-    if len < 0x80 {
-        out.push(len as u8);
-    } else if len <= 0xff {
-        out.extend([0x81, len as u8]);
-    } else {
-        out.extend([0x82, (len >> 8) as u8, len as u8]);
-    }
-    out.extend_from_slice(content);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use base64::engine::general_purpose::STANDARD;
     use perch_core::model::PublicKeyFormat;
+    use perch_device::SigningKey;
 
     use super::*;
 
@@ -570,6 +417,26 @@ MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEAzEix+mer9f7Gk+tlAIFjVEBkOO/\n\
 
     fn now() -> DateTime<Utc> {
         DateTime::from_timestamp(VECTOR_IAT + 60, 0).unwrap()
+    }
+
+    /// A device token from perch-device's signer (Perch's one), issued at `issued_at`.
+    fn sign(
+        pem: &str,
+        algorithm: KeyAlgorithm,
+        project: &str,
+        issued_at: DateTime<Utc>,
+        lifetime: Duration,
+    ) -> String {
+        let algorithm = match algorithm {
+            KeyAlgorithm::Es256 => perch_device::Algorithm::Es256,
+            KeyAlgorithm::Rs256 => perch_device::Algorithm::Rs256,
+        };
+        let issued_at = std::time::UNIX_EPOCH
+            + std::time::Duration::from_secs(issued_at.timestamp().try_into().unwrap());
+        SigningKey::from_pem(pem.as_bytes(), algorithm)
+            .unwrap()
+            .sign_jwt(project, issued_at, lifetime.to_std().unwrap())
+            .unwrap()
     }
 
     fn credential(format: PublicKeyFormat, key: &str) -> DeviceCredential {
@@ -654,29 +521,28 @@ MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEAzEix+mer9f7Gk+tlAIFjVEBkOO/\n\
         /// An ES256 token by key A, issued `offset` after `now()`.
         fn es_a(&self, offset: Duration, lifetime: Duration) -> String {
             let pem = self.es_a.serialize_pem();
-            sign_device_jwt(&pem, KeyAlgorithm::Es256, PROJECT, now() + offset, lifetime).unwrap()
+            sign(&pem, KeyAlgorithm::Es256, PROJECT, now() + offset, lifetime)
         }
 
         fn es_b(&self) -> String {
             let pem = self.es_b.serialize_pem();
-            sign_device_jwt(
+            sign(
                 &pem,
                 KeyAlgorithm::Es256,
                 PROJECT,
                 now(),
                 Duration::hours(1),
             )
-            .unwrap()
         }
 
         /// A token by key A with the given header and claims.
         fn custom(&self, header: &str, claims: &str) -> String {
-            sign_compact(
-                &self.es_a.serialize_pem(),
-                KeyAlgorithm::Es256,
-                header,
-                claims,
+            SigningKey::from_pem(
+                self.es_a.serialize_pem().as_bytes(),
+                perch_device::Algorithm::Es256,
             )
+            .unwrap()
+            .sign_compact(header, claims)
             .unwrap()
         }
     }
@@ -713,8 +579,7 @@ MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEAzEix+mer9f7Gk+tlAIFjVEBkOO/\n\
         let min = Duration::minutes;
         let hour = Duration::hours(1);
         let second = Duration::seconds(1);
-        let rs =
-            |pem: &str, project: &str| sign_device_jwt(pem, Rs256, project, now(), hour).unwrap();
+        let rs = |pem: &str, project: &str| sign(pem, Rs256, project, now(), hour);
         let claims =
             |aud: &str, iat: &str, exp: &str| format!(r#"{{"aud":{aud},"iat":{iat},"exp":{exp}}}"#);
         let iat = VECTOR_IAT.to_string();
@@ -726,7 +591,7 @@ MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEAzEix+mer9f7Gk+tlAIFjVEBkOO/\n\
         let mut tampered: Vec<&str> = PYJWT_ES256.split('.').collect();
         let longer_claims = b64(&claims(r#""perch-test""#, &iat, "1700007200"));
         tampered[1] = &longer_claims;
-        let sec1_token = sign_device_jwt(EC_PRIVATE_SEC1, Es256, PROJECT, now(), hour).unwrap();
+        let sec1_token = sign(EC_PRIVATE_SEC1, Es256, PROJECT, now(), hour);
         let expired_a = expiring(a.clone(), now());
 
         // One case a line reads best as a table.
@@ -848,16 +713,15 @@ MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEAzEix+mer9f7Gk+tlAIFjVEBkOO/\n\
     }
 
     #[test]
-    fn signed_tokens_have_the_iot_core_shape() {
+    fn device_signed_tokens_have_the_iot_core_shape() {
         let issued = DateTime::from_timestamp(VECTOR_IAT, 0).unwrap();
-        let token = sign_device_jwt(
+        let token = sign(
             RSA_PRIVATE_PKCS8,
             KeyAlgorithm::Rs256,
             PROJECT,
             issued,
             Duration::hours(1),
-        )
-        .unwrap();
+        );
         let parts: Vec<&str> = token.split('.').collect();
         let header = decode_json_object(parts[0], "header").unwrap();
         let claims = decode_json_object(parts[1], "claims").unwrap();
@@ -873,43 +737,17 @@ MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEAzEix+mer9f7Gk+tlAIFjVEBkOO/\n\
         assert_eq!(token, PYJWT_RS256);
     }
 
+    /// The device signer's refusals that need an RSA key (the rest are perch-device's tests).
     #[test]
-    fn signing_refuses_unusable_private_keys() {
-        let sign = |pem: &str, alg| {
-            sign_device_jwt(pem, alg, PROJECT, now(), Duration::hours(1)).unwrap_err()
-        };
-        let cases = [
-            (
-                sign(RSA_PRIVATE_PKCS8, KeyAlgorithm::Es256),
-                "not a P-256 private key",
-            ),
-            (
-                sign(EC_PRIVATE_SEC1, KeyAlgorithm::Rs256),
-                "'EC PRIVATE KEY' PEM block cannot sign Rs256",
-            ),
-            (
-                sign(&rsa_private_pkcs1(), KeyAlgorithm::Es256),
-                "'RSA PRIVATE KEY' PEM block cannot sign Es256",
-            ),
-            (
-                sign(EC_PUBLIC, KeyAlgorithm::Es256),
-                "no '-----BEGIN PRIVATE KEY-----'",
-            ),
-            (
-                sign("garbage", KeyAlgorithm::Es256),
-                "no '-----BEGIN PRIVATE KEY-----'",
-            ),
-            (
-                sign(
-                    "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n",
-                    KeyAlgorithm::Es256,
-                ),
-                "is encrypted",
-            ),
-        ];
-        for (err, expected) in cases {
-            assert!(matches!(err, AuthError::InvalidPrivateKey(_)), "{err:?}");
-            assert!(err.to_string().contains(expected), "{err} lacks {expected}");
+    fn the_device_signer_refuses_rsa_keys_for_es256() {
+        for (pem, expected) in [
+            (RSA_PRIVATE_PKCS8.to_owned(), "not a P-256 private key"),
+            (rsa_private_pkcs1(), "cannot sign Es256 tokens"),
+        ] {
+            let err = SigningKey::from_pem(pem.as_bytes(), perch_device::Algorithm::Es256)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{err} lacks {expected}");
         }
     }
 
@@ -964,7 +802,7 @@ MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEAzEix+mer9f7Gk+tlAIFjVEBkOO/\n\
             ),
         ];
         for (alg, our_alg, pem, credential) in ours {
-            let token = sign_device_jwt(&pem, our_alg, PROJECT, now(), Duration::hours(2)).unwrap();
+            let token = sign(&pem, our_alg, PROJECT, now(), Duration::hours(2));
             let public = keys::parse_device_key(credential.format, &credential.key).unwrap();
             let key = match alg {
                 Algorithm::RS256 => DecodingKey::from_rsa_der(&public.public_key),

@@ -203,18 +203,20 @@ fn split_path(path: &str) -> Result<(String, Option<String>), Status> {
     Ok((segments.join("/"), verb))
 }
 
+/// What a REST call does to a collection's resources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    List,
+    Create,
+    Get,
+    Patch,
+    Delete,
+}
+
 /// How a REST call maps onto a DeviceManager method.
 enum Call {
-    ListRegistries,
-    CreateRegistry,
-    GetRegistry,
-    PatchRegistry,
-    DeleteRegistry,
-    ListDevices,
-    CreateDevice,
-    GetDevice,
-    PatchDevice,
-    DeleteDevice,
+    Registries(Op),
+    Devices(Op),
     ConfigVersions,
     States,
     RegistryVerb(String),
@@ -222,21 +224,28 @@ enum Call {
     GroupVerb(String),
 }
 
+/// The operation a method without a custom verb performs on a collection (5 or 7 segments) or
+/// on one resource (6 or 8).
+fn op(method: &Method, on_resource: bool) -> Option<Op> {
+    Some(match (method, on_resource) {
+        (&Method::GET, false) => Op::List,
+        (&Method::POST, false) => Op::Create,
+        (&Method::GET, true) => Op::Get,
+        (&Method::PATCH, true) => Op::Patch,
+        (&Method::DELETE, true) => Op::Delete,
+        _ => return None,
+    })
+}
+
 fn route(method: &Method, path: &str, verb: Option<String>) -> Option<(Call, String)> {
     let parts: Vec<&str> = path.split('/').collect();
     // projects/P/locations/L = 4 segments; /registries/R = 6; /devices/D = 8; /groups/G = 8.
     let call = match (parts.len(), verb, method) {
-        (5, None, &Method::GET) if parts[4] == "registries" => Call::ListRegistries,
-        (5, None, &Method::POST) if parts[4] == "registries" => Call::CreateRegistry,
-        (6, None, &Method::GET) if parts[4] == "registries" => Call::GetRegistry,
-        (6, None, &Method::PATCH) if parts[4] == "registries" => Call::PatchRegistry,
-        (6, None, &Method::DELETE) if parts[4] == "registries" => Call::DeleteRegistry,
+        (5 | 6, None, _) if parts[4] == "registries" => {
+            Call::Registries(op(method, parts.len() == 6)?)
+        }
         (6, Some(v), &Method::POST) if parts[4] == "registries" => Call::RegistryVerb(v),
-        (7, None, &Method::GET) if parts[6] == "devices" => Call::ListDevices,
-        (7, None, &Method::POST) if parts[6] == "devices" => Call::CreateDevice,
-        (8, None, &Method::GET) if parts[6] == "devices" => Call::GetDevice,
-        (8, None, &Method::PATCH) if parts[6] == "devices" => Call::PatchDevice,
-        (8, None, &Method::DELETE) if parts[6] == "devices" => Call::DeleteDevice,
+        (7 | 8, None, _) if parts[6] == "devices" => Call::Devices(op(method, parts.len() == 8)?),
         (8, Some(v), &Method::POST) if parts[6] == "devices" => Call::DeviceVerb(v),
         (8, Some(v), &Method::POST) if parts[6] == "groups" => Call::GroupVerb(v),
         (9, None, &Method::GET) if parts[6] == "devices" && parts[8] == "configVersions" => {
@@ -246,8 +255,8 @@ fn route(method: &Method, path: &str, verb: Option<String>) -> Option<(Call, Str
         _ => return None,
     };
     let name = match call {
-        Call::ListRegistries | Call::CreateRegistry => parts[..4].join("/"),
-        Call::ListDevices | Call::CreateDevice => parts[..6].join("/"),
+        Call::Registries(Op::List | Op::Create) => parts[..4].join("/"),
+        Call::Devices(Op::List | Op::Create) => parts[..6].join("/"),
         Call::ConfigVersions | Call::States => parts[..8].join("/"),
         _ => path.to_owned(),
     };
@@ -312,8 +321,42 @@ async fn handle(
         )));
     };
     let q = Query::parse(query);
-    let response = match call {
-        Call::ListRegistries => json_response(
+    match call {
+        Call::Registries(op) => registries(api, op, name, &q, body).await,
+        Call::Devices(op) => devices(api, op, name, &q, body).await,
+        Call::ConfigVersions => Ok(json_response(
+            api.list_device_config_versions(req(pb::ListDeviceConfigVersionsRequest {
+                name,
+                num_versions: q.int("num_versions")?.unwrap_or(0),
+            }))
+            .await?
+            .get_ref(),
+        )),
+        Call::States => Ok(json_response(
+            api.list_device_states(req(pb::ListDeviceStatesRequest {
+                name,
+                num_states: q.int("num_states")?.unwrap_or(0),
+            }))
+            .await?
+            .get_ref(),
+        )),
+        Call::DeviceVerb(verb) => device_verb(api, &verb, name, body).await,
+        Call::RegistryVerb(verb) | Call::GroupVerb(verb) => {
+            registry_verb(api, &verb, name, body).await
+        }
+    }
+}
+
+/// `…/registries` and `…/registries/{r}`.
+async fn registries(
+    api: &DeviceManagerApi,
+    op: Op,
+    name: String,
+    q: &Query,
+    body: &Bytes,
+) -> Result<Response, Status> {
+    let response = match op {
+        Op::List => json_response(
             api.list_device_registries(req(pb::ListDeviceRegistriesRequest {
                 parent: name,
                 page_size: q.int("page_size")?.unwrap_or(0),
@@ -322,7 +365,7 @@ async fn handle(
             .await?
             .get_ref(),
         ),
-        Call::CreateRegistry => json_response(
+        Op::Create => json_response(
             api.create_device_registry(req(pb::CreateDeviceRegistryRequest {
                 parent: name,
                 device_registry: Some(parse_body(body)?),
@@ -330,12 +373,12 @@ async fn handle(
             .await?
             .get_ref(),
         ),
-        Call::GetRegistry => json_response(
+        Op::Get => json_response(
             api.get_device_registry(req(pb::GetDeviceRegistryRequest { name }))
                 .await?
                 .get_ref(),
         ),
-        Call::PatchRegistry => {
+        Op::Patch => {
             let mut registry: pb::DeviceRegistry = parse_body(body)?;
             registry.name = name;
             json_response(
@@ -347,56 +390,30 @@ async fn handle(
                 .get_ref(),
             )
         }
-        Call::DeleteRegistry => json_response(
+        Op::Delete => json_response(
             api.delete_device_registry(req(pb::DeleteDeviceRegistryRequest { name }))
                 .await?
                 .get_ref(),
         ),
-        Call::ListDevices => {
-            let gateway_type = q.first("gateway_list_options.gateway_type");
-            let filter = if let Some(t) = gateway_type {
-                let n = t
-                    .parse::<i32>()
-                    .ok()
-                    .or_else(|| pb::GatewayType::from_str_name(t).map(|g| g as i32))
-                    .ok_or_else(|| {
-                        invalid(format!(
-                            "'gatewayListOptions.gatewayType' has no value '{t}'"
-                        ))
-                    })?;
-                Some(pb::gateway_list_options::Filter::GatewayType(n))
-            } else if let Some(id) = q.first("gateway_list_options.associations_gateway_id") {
-                Some(pb::gateway_list_options::Filter::AssociationsGatewayId(
-                    id.to_owned(),
-                ))
-            } else {
-                q.first("gateway_list_options.associations_device_id")
-                    .map(|id| pb::gateway_list_options::Filter::AssociationsDeviceId(id.to_owned()))
-            };
-            let device_num_ids = q
-                .all("device_num_ids")
-                .iter()
-                .map(|v| {
-                    v.parse()
-                        .map_err(|_| invalid(format!("deviceNumIds must be numbers, got '{v}'")))
-                })
-                .collect::<Result<_, _>>()?;
-            json_response(
-                api.list_devices(req(pb::ListDevicesRequest {
-                    parent: name,
-                    device_num_ids,
-                    device_ids: q.all("device_ids"),
-                    field_mask: q.mask("field_mask"),
-                    gateway_list_options: filter
-                        .map(|f| pb::GatewayListOptions { filter: Some(f) }),
-                    page_size: q.int("page_size")?.unwrap_or(0),
-                    page_token: q.first("page_token").unwrap_or_default().to_owned(),
-                }))
+    };
+    Ok(response)
+}
+
+/// `…/devices` and `…/devices/{d}`.
+async fn devices(
+    api: &DeviceManagerApi,
+    op: Op,
+    name: String,
+    q: &Query,
+    body: &Bytes,
+) -> Result<Response, Status> {
+    let response = match op {
+        Op::List => json_response(
+            api.list_devices(req(list_devices_request(name, q)?))
                 .await?
                 .get_ref(),
-            )
-        }
-        Call::CreateDevice => json_response(
+        ),
+        Op::Create => json_response(
             api.create_device(req(pb::CreateDeviceRequest {
                 parent: name,
                 device: Some(parse_body(body)?),
@@ -404,7 +421,7 @@ async fn handle(
             .await?
             .get_ref(),
         ),
-        Call::GetDevice => json_response(
+        Op::Get => json_response(
             api.get_device(req(pb::GetDeviceRequest {
                 name,
                 field_mask: q.mask("field_mask"),
@@ -412,7 +429,7 @@ async fn handle(
             .await?
             .get_ref(),
         ),
-        Call::PatchDevice => {
+        Op::Patch => {
             let mut device: pb::Device = parse_body(body)?;
             device.name = name;
             json_response(
@@ -424,76 +441,122 @@ async fn handle(
                 .get_ref(),
             )
         }
-        Call::DeleteDevice => json_response(
+        Op::Delete => json_response(
             api.delete_device(req(pb::DeleteDeviceRequest { name }))
                 .await?
                 .get_ref(),
         ),
-        Call::ConfigVersions => json_response(
-            api.list_device_config_versions(req(pb::ListDeviceConfigVersionsRequest {
-                name,
-                num_versions: q.int("num_versions")?.unwrap_or(0),
-            }))
-            .await?
-            .get_ref(),
-        ),
-        Call::States => json_response(
-            api.list_device_states(req(pb::ListDeviceStatesRequest {
-                name,
-                num_states: q.int("num_states")?.unwrap_or(0),
-            }))
-            .await?
-            .get_ref(),
-        ),
-        Call::DeviceVerb(verb) => match verb.as_str() {
-            "modifyCloudToDeviceConfig" => {
-                let mut r: pb::ModifyCloudToDeviceConfigRequest = parse_body(body)?;
-                r.name = name;
-                json_response(api.modify_cloud_to_device_config(req(r)).await?.get_ref())
-            }
-            "sendCommandToDevice" => {
-                let mut r: pb::SendCommandToDeviceRequest = parse_body(body)?;
-                r.name = name;
-                json_response(api.send_command_to_device(req(r)).await?.get_ref())
-            }
-            _ => {
-                return Err(Status::not_found(format!(
-                    "devices have no method ':{verb}'"
-                )));
-            }
-        },
-        Call::RegistryVerb(verb) | Call::GroupVerb(verb) => match verb.as_str() {
-            "bindDeviceToGateway" => {
-                let mut r: pb::BindDeviceToGatewayRequest = parse_body(body)?;
-                r.parent = registry_of(&name);
-                json_response(api.bind_device_to_gateway(req(r)).await?.get_ref())
-            }
-            "unbindDeviceFromGateway" => {
-                let mut r: pb::UnbindDeviceFromGatewayRequest = parse_body(body)?;
-                r.parent = registry_of(&name);
-                json_response(api.unbind_device_from_gateway(req(r)).await?.get_ref())
-            }
-            "setIamPolicy" => {
-                let mut r: iam::SetIamPolicyRequest = parse_body(body)?;
-                r.resource = name;
-                json_response(api.set_iam_policy(req(r)).await?.get_ref())
-            }
-            "getIamPolicy" => {
-                let mut r: iam::GetIamPolicyRequest = parse_body(body)?;
-                r.resource = name;
-                json_response(api.get_iam_policy(req(r)).await?.get_ref())
-            }
-            "testIamPermissions" => {
-                let mut r: iam::TestIamPermissionsRequest = parse_body(body)?;
-                r.resource = name;
-                json_response(api.test_iam_permissions(req(r)).await?.get_ref())
-            }
-            _ => {
-                return Err(Status::not_found(format!(
-                    "registries have no method ':{verb}'"
-                )));
-            }
-        },
+    };
+    Ok(response)
+}
+
+/// A `ListDevices` request from the query: ids, numeric ids, field mask, paging, and at most
+/// one gateway filter (type, then associations by gateway, then by device).
+fn list_devices_request(parent: String, q: &Query) -> Result<pb::ListDevicesRequest, Status> {
+    let gateway_type = q.first("gateway_list_options.gateway_type");
+    let filter = if let Some(t) = gateway_type {
+        let n = t
+            .parse::<i32>()
+            .ok()
+            .or_else(|| pb::GatewayType::from_str_name(t).map(|g| g as i32))
+            .ok_or_else(|| {
+                invalid(format!(
+                    "'gatewayListOptions.gatewayType' has no value '{t}'"
+                ))
+            })?;
+        Some(pb::gateway_list_options::Filter::GatewayType(n))
+    } else if let Some(id) = q.first("gateway_list_options.associations_gateway_id") {
+        Some(pb::gateway_list_options::Filter::AssociationsGatewayId(
+            id.to_owned(),
+        ))
+    } else {
+        q.first("gateway_list_options.associations_device_id")
+            .map(|id| pb::gateway_list_options::Filter::AssociationsDeviceId(id.to_owned()))
+    };
+    let device_num_ids = q
+        .all("device_num_ids")
+        .iter()
+        .map(|v| {
+            v.parse()
+                .map_err(|_| invalid(format!("deviceNumIds must be numbers, got '{v}'")))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(pb::ListDevicesRequest {
+        parent,
+        device_num_ids,
+        device_ids: q.all("device_ids"),
+        field_mask: q.mask("field_mask"),
+        gateway_list_options: filter.map(|f| pb::GatewayListOptions { filter: Some(f) }),
+        page_size: q.int("page_size")?.unwrap_or(0),
+        page_token: q.first("page_token").unwrap_or_default().to_owned(),
+    })
+}
+
+/// `…/devices/{d}:verb`.
+async fn device_verb(
+    api: &DeviceManagerApi,
+    verb: &str,
+    name: String,
+    body: &Bytes,
+) -> Result<Response, Status> {
+    let response = match verb {
+        "modifyCloudToDeviceConfig" => {
+            let mut r: pb::ModifyCloudToDeviceConfigRequest = parse_body(body)?;
+            r.name = name;
+            json_response(api.modify_cloud_to_device_config(req(r)).await?.get_ref())
+        }
+        "sendCommandToDevice" => {
+            let mut r: pb::SendCommandToDeviceRequest = parse_body(body)?;
+            r.name = name;
+            json_response(api.send_command_to_device(req(r)).await?.get_ref())
+        }
+        _ => {
+            return Err(Status::not_found(format!(
+                "devices have no method ':{verb}'"
+            )));
+        }
+    };
+    Ok(response)
+}
+
+/// `…/registries/{r}:verb` and `…/registries/{r}/groups/{g}:verb` (gateway bindings and IAM).
+async fn registry_verb(
+    api: &DeviceManagerApi,
+    verb: &str,
+    name: String,
+    body: &Bytes,
+) -> Result<Response, Status> {
+    let response = match verb {
+        "bindDeviceToGateway" => {
+            let mut r: pb::BindDeviceToGatewayRequest = parse_body(body)?;
+            r.parent = registry_of(&name);
+            json_response(api.bind_device_to_gateway(req(r)).await?.get_ref())
+        }
+        "unbindDeviceFromGateway" => {
+            let mut r: pb::UnbindDeviceFromGatewayRequest = parse_body(body)?;
+            r.parent = registry_of(&name);
+            json_response(api.unbind_device_from_gateway(req(r)).await?.get_ref())
+        }
+        "setIamPolicy" => {
+            let mut r: iam::SetIamPolicyRequest = parse_body(body)?;
+            r.resource = name;
+            json_response(api.set_iam_policy(req(r)).await?.get_ref())
+        }
+        "getIamPolicy" => {
+            let mut r: iam::GetIamPolicyRequest = parse_body(body)?;
+            r.resource = name;
+            json_response(api.get_iam_policy(req(r)).await?.get_ref())
+        }
+        "testIamPermissions" => {
+            let mut r: iam::TestIamPermissionsRequest = parse_body(body)?;
+            r.resource = name;
+            json_response(api.test_iam_permissions(req(r)).await?.get_ref())
+        }
+        _ => {
+            return Err(Status::not_found(format!(
+                "registries have no method ':{verb}'"
+            )));
+        }
     };
     Ok(response)
 }
@@ -506,16 +569,8 @@ mod tests {
         let (p, verb) = split_path(path).unwrap();
         let got = route(&method, &p, verb).map(|(call, name)| {
             let kind = match call {
-                Call::ListRegistries => "ListRegistries".to_owned(),
-                Call::CreateRegistry => "CreateRegistry".to_owned(),
-                Call::GetRegistry => "GetRegistry".to_owned(),
-                Call::PatchRegistry => "PatchRegistry".to_owned(),
-                Call::DeleteRegistry => "DeleteRegistry".to_owned(),
-                Call::ListDevices => "ListDevices".to_owned(),
-                Call::CreateDevice => "CreateDevice".to_owned(),
-                Call::GetDevice => "GetDevice".to_owned(),
-                Call::PatchDevice => "PatchDevice".to_owned(),
-                Call::DeleteDevice => "DeleteDevice".to_owned(),
+                Call::Registries(op) => format!("{op:?}Registries"),
+                Call::Devices(op) => format!("{op:?}Devices"),
                 Call::ConfigVersions => "ConfigVersions".to_owned(),
                 Call::States => "States".to_owned(),
                 Call::RegistryVerb(v) => format!("Registry:{v}"),
@@ -542,9 +597,9 @@ mod tests {
         check(
             Method::POST,
             "projects/p/locations/l/registries",
-            Some(("CreateRegistry", "projects/p/locations/l")),
+            Some(("CreateRegistries", "projects/p/locations/l")),
         );
-        check(Method::PATCH, reg, Some(("PatchRegistry", reg)));
+        check(Method::PATCH, reg, Some(("PatchRegistries", reg)));
         check(
             Method::POST,
             &format!("{reg}:bindDeviceToGateway"),
@@ -553,12 +608,12 @@ mod tests {
         check(
             Method::POST,
             &format!("{reg}/devices"),
-            Some(("CreateDevice", reg)),
+            Some(("CreateDevices", reg)),
         );
         check(
             Method::GET,
             &format!("{reg}/devices/123"),
-            Some(("GetDevice", &format!("{reg}/devices/123"))),
+            Some(("GetDevices", &format!("{reg}/devices/123"))),
         );
         check(
             Method::POST,
@@ -581,7 +636,7 @@ mod tests {
         check(
             Method::GET,
             &format!("{reg}/devices/d%25x"),
-            Some(("GetDevice", &format!("{reg}/devices/d%x"))),
+            Some(("GetDevices", &format!("{reg}/devices/d%x"))),
         );
         check(Method::PUT, reg, None);
         check(Method::GET, "projects/p/locations/l/other", None);
