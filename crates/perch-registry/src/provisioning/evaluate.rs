@@ -206,16 +206,8 @@ impl ProvisioningService {
                 .hold_for_approval(registry, b, &request, &fingerprint, snapshot.approval)
                 .await);
         }
-        self.register(
-            registry,
-            b,
-            &request,
-            credential,
-            &fingerprint,
-            requested,
-            decision,
-        )
-        .await
+        self.register(registry, b, &request, credential, requested, decision)
+            .await
     }
 
     /// The device the request names (its id must parse) and the one registered under it.
@@ -242,15 +234,14 @@ impl ProvisioningService {
     }
 
     /// With every check passed: Perch's CA may sign the CSR (the certificate then becomes the
-    /// device's credential), and the device is registered, or re-keyed when it exists.
-    #[allow(clippy::too_many_arguments)]
+    /// device's credential), and the device is registered, or re-keyed when it exists, with
+    /// the key fingerprint the decision holds.
     async fn register(
         &self,
         registry: &RegistryName,
         b: &Bootstrap,
         request: &ProvisionRequest,
         mut credential: DeviceCredential,
-        fingerprint: &str,
         requested: Requested,
         decision: &mut Decision,
     ) -> std::result::Result<Allowed, Refusal> {
@@ -258,7 +249,8 @@ impl ProvisioningService {
             credential = certificate_credential(&credential, certificate.clone());
             decision.certificate = Some(certificate);
         }
-        let provisioned = provisioned_metadata(&b.id, &b.lot, &request.claims, fingerprint);
+        let provisioned =
+            provisioned_metadata(&b.id, &b.lot, &request.claims, &decision.key_fingerprint);
         if let Some(existing) = requested.existing {
             // Rotation: the device keeps its id and numeric id and gets the new key.
             let device = self
