@@ -62,15 +62,7 @@ impl RegistryService {
         } else {
             self.scan_page(parent, after, &query.gateway, limit).await?
         };
-        let next = if devices.len() > limit {
-            devices.truncate(limit);
-            devices
-                .last()
-                .map(|d| page::encode(d.id.as_str(), &fingerprint))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next = page::next_token(&mut devices, limit, |d| d.id.as_str(), &fingerprint);
         Ok((devices, next))
     }
 

@@ -120,15 +120,7 @@ impl RegistryService {
         let after = page::decode(page_token, &query)?;
         let limit = clamp_page_size(page_size);
         let mut registries = self.store.list_registries(parent, after, limit + 1).await?;
-        let next = if registries.len() > limit {
-            registries.truncate(limit);
-            registries
-                .last()
-                .map(|r| page::encode(r.id.as_str(), &query))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next = page::next_token(&mut registries, limit, |r| r.id.as_str(), &query);
         Ok((registries, next))
     }
 
