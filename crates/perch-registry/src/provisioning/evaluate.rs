@@ -6,7 +6,6 @@
 //! Owns the order of the checks and what each outcome stores; the checks' pieces live with
 //! what they check (`request`, `policy`, `webhook`, `approvals`, `bootstrap`).
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
@@ -14,20 +13,23 @@ use perch_core::model::{Device, DeviceCredential};
 use perch_core::{DeviceId, DeviceName, DeviceRef, ErrorCode, RegistryName, Rejection};
 use perch_store::RecordKind;
 
+use super::checks::{
+    ClaimValues, Snapshot, bootstrap_gone, check_policy_lists, check_reprovision, check_request,
+    quota_exceeded, usable_bootstrap, with_generated_key,
+};
 use super::decisions::{Keep, allow, new_decision};
-use super::glob::glob_matches;
 use super::model::{
-    Approval, Bootstrap, Decision, EntryKind, PolicyEntry, PolicyList, ProvisionRequest,
-    PublicKeyFormatName, Reason, ReprovisionPolicy, RequestKey, Webhook,
+    Bootstrap, Decision, EntryKind, PolicyEntry, PolicyList, ProvisionRequest, Reason,
+    ReprovisionPolicy,
 };
 use super::records::{
     approval_key, bootstrap_key, changed_bootstrap, decision_key, decode, entry_key,
 };
 use super::request::{
-    Refusal, bounded_claims, certificate_credential, oversized, provisioned_for,
-    provisioned_metadata, request_credential, truncated,
+    Refusal, bounded_claims, certificate_credential, oversized, provisioned_metadata,
+    request_credential, truncated,
 };
-use super::{ProvisioningService, REQUEST_ID_MAX_BYTES, generate_p256_key_pair};
+use super::{ProvisioningService, REQUEST_ID_MAX_BYTES};
 use crate::{DevicePatch, Result};
 
 /// What validation allowed: a new device whose decision was stored with it, or an existing one
@@ -38,20 +40,6 @@ enum Allowed {
     Repeat(Device),
 }
 
-/// The records a request's checks read, from one snapshot: bootstrap, webhook, approval, then
-/// the deny and allow entries of the claims (serial, MAC, device id, key fingerprint).
-struct Snapshot {
-    bootstrap: Option<Bootstrap>,
-    webhook: Webhook,
-    approval: Option<Approval>,
-    denied: [Option<PolicyEntry>; 4],
-    allowed: [Option<PolicyEntry>; 4],
-    has_allowlist: bool,
-}
-
-/// The claims policy entries match on, in the order of `Snapshot::denied` and `allowed`.
-type ClaimValues<'a> = [(EntryKind, &'a str); 4];
-
 /// The device a request names, and the one already registered under that id.
 struct Requested {
     id: DeviceId,
@@ -61,20 +49,6 @@ struct Requested {
 
 fn internal(e: crate::Error) -> Refusal {
     (Reason::Internal, e.to_string())
-}
-
-fn quota_exceeded(bootstrap_id: &str, quota: u64) -> Refusal {
-    (
-        Reason::QuotaExceeded,
-        format!("bootstrap `{bootstrap_id}` has used its quota of {quota} devices"),
-    )
-}
-
-fn bootstrap_gone(bootstrap_id: &str) -> Refusal {
-    (
-        Reason::BootstrapDisabled,
-        format!("bootstrap `{bootstrap_id}` no longer exists"),
-    )
 }
 
 impl ProvisioningService {
@@ -418,144 +392,4 @@ impl ProvisioningService {
             _ => Ok(None),
         }
     }
-}
-
-/// The request to evaluate: as sent, or, when it asks for a server-made ES256 key (and brings
-/// none), with that key's public half, the private half going into the decision.
-fn with_generated_key<'a>(
-    request: &'a ProvisionRequest,
-    decision: &mut Decision,
-) -> std::result::Result<Cow<'a, ProvisionRequest>, Refusal> {
-    match request.generate_key.as_deref() {
-        Some("ES256") if request.public_key.is_none() && request.csr.is_none() => {
-            let (private, public) =
-                generate_p256_key_pair().map_err(|e| (Reason::Internal, e.to_string()))?;
-            decision.private_key = Some(private);
-            Ok(Cow::Owned(ProvisionRequest {
-                public_key: Some(RequestKey {
-                    format: PublicKeyFormatName::Es256Pem,
-                    key: public,
-                }),
-                ..request.clone()
-            }))
-        }
-        _ => Ok(Cow::Borrowed(request)),
-    }
-}
-
-/// The snapshot's bootstrap, if it still exists, is enabled and has not expired at `now`.
-fn usable_bootstrap<'a>(
-    bootstrap: Option<&'a Bootstrap>,
-    bootstrap_id: &str,
-    now: DateTime<Utc>,
-) -> std::result::Result<&'a Bootstrap, Refusal> {
-    let b = bootstrap.ok_or_else(|| bootstrap_gone(bootstrap_id))?;
-    if !b.enabled {
-        return Err((
-            Reason::BootstrapDisabled,
-            format!("bootstrap `{bootstrap_id}` is disabled"),
-        ));
-    }
-    if b.expire_time.is_some_and(|t| t <= now) {
-        return Err((
-            Reason::BootstrapExpired,
-            format!("bootstrap `{bootstrap_id}` expired"),
-        ));
-    }
-    Ok(b)
-}
-
-/// The request against its bootstrap: quota (a repeat passes even over it), the device id
-/// pattern, and a `generate_key` that was not honoured.
-fn check_request(
-    b: &Bootstrap,
-    request: &ProvisionRequest,
-    id: &DeviceId,
-    repeat: bool,
-    decision: &Decision,
-) -> std::result::Result<(), Refusal> {
-    if b.provisioned >= b.device_quota && !repeat {
-        return Err(quota_exceeded(&b.id, b.device_quota));
-    }
-    if !glob_matches(&b.device_id_pattern, id.as_str()) {
-        return Err((
-            Reason::InvalidRequest,
-            format!(
-                "device id `{id}` does not match the bootstrap's pattern `{}`",
-                b.device_id_pattern
-            ),
-        ));
-    }
-    if let Some(other) = request.generate_key.as_deref()
-        && (other != "ES256" || decision.private_key.is_none())
-    {
-        return Err((
-            Reason::InvalidRequest,
-            format!("generate_key takes \"ES256\" and no public_key or csr, got '{other}'"),
-        ));
-    }
-    Ok(())
-}
-
-/// The denylist (any claim on it refuses), then the allowlist (when the registry has one, some
-/// claim must be on it); the matching entry becomes the decision's rule.
-fn check_policy_lists(
-    claims: &ClaimValues<'_>,
-    snapshot: &Snapshot,
-    decision: &mut Decision,
-) -> std::result::Result<(), Refusal> {
-    for ((kind, value), entry) in claims.iter().zip(&snapshot.denied) {
-        if let Some(e) = entry {
-            decision.rule = format!("denylist {}={}", kind.as_str(), value);
-            let why = if e.reason.is_empty() {
-                String::new()
-            } else {
-                format!(": {}", e.reason)
-            };
-            return Err((
-                Reason::Denylisted,
-                format!("{} `{value}` is denylisted{why}", kind.as_str()),
-            ));
-        }
-    }
-    if snapshot.has_allowlist {
-        let Some((kind, value)) = claims
-            .iter()
-            .zip(&snapshot.allowed)
-            .find_map(|(claim, entry)| entry.as_ref().map(|_| claim))
-        else {
-            return Err((
-                Reason::NotAllowlisted,
-                "no allowlist entry matches the device's serial, MAC, id or key".into(),
-            ));
-        };
-        decision.rule = format!("allowlist {}={}", kind.as_str(), value);
-    }
-    Ok(())
-}
-
-/// Re-provisioning (ROTATE or REQUIRE_APPROVAL) reaches only a device this bootstrap
-/// provisioned for the same serial: never one an operator made, nor another batch's.
-fn check_reprovision(
-    b: &Bootstrap,
-    existing: &Device,
-    id: &DeviceId,
-    serial: &str,
-) -> std::result::Result<(), Refusal> {
-    if b.reprovision_policy == ReprovisionPolicy::Deny {
-        return Err((
-            Reason::AlreadyRegistered,
-            format!("device `{id}` is already registered"),
-        ));
-    }
-    if !provisioned_for(existing, &b.id, serial) {
-        return Err((
-            Reason::AlreadyRegistered,
-            format!(
-                "device `{id}` is already registered and was not provisioned by bootstrap `{}` for this serial; only such a device may be re-provisioned",
-                b.id
-            ),
-        ));
-    }
-    Ok(())
 }

@@ -5,12 +5,14 @@
 //!
 //! Owns the rules and their limits (here), the service, and its parts: `bootstrap`
 //! (credentials and their rate), `policy` (allow/deny lists), `webhook`, `evaluate` (a
-//! request's checks in order), `decisions`, `approvals`, `request` (checks needing no store),
-//! `glob` and `records` (store keys and encoding). The device protocol lives in the bridge, the
-//! admin surface in `api::provisioning_rest`.
+//! request's checks in order), `checks` (those that read only the snapshot), `request` (those
+//! that read only the request), `decisions`, `approvals`, `glob` and `records` (store keys and
+//! encoding). The device protocol lives in the bridge, the admin surface in
+//! `api::provisioning_rest`.
 
 mod approvals;
 mod bootstrap;
+mod checks;
 mod decisions;
 mod evaluate;
 mod glob;
