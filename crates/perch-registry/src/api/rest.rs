@@ -345,24 +345,19 @@ async fn device_verb(
     name: String,
     body: &Bytes,
 ) -> Result<Response, Status> {
-    let response = match verb {
+    match verb {
         "modifyCloudToDeviceConfig" => {
-            let mut r: pb::ModifyCloudToDeviceConfigRequest = parse_body(body)?;
-            r.name = name;
-            json_response(api.modify_cloud_to_device_config(req(r)).await?.get_ref())
+            let named = |r: &mut pb::ModifyCloudToDeviceConfigRequest| r.name = name;
+            call(body, named, |r| api.modify_cloud_to_device_config(r)).await
         }
         "sendCommandToDevice" => {
-            let mut r: pb::SendCommandToDeviceRequest = parse_body(body)?;
-            r.name = name;
-            json_response(api.send_command_to_device(req(r)).await?.get_ref())
+            let named = |r: &mut pb::SendCommandToDeviceRequest| r.name = name;
+            call(body, named, |r| api.send_command_to_device(r)).await
         }
-        _ => {
-            return Err(Status::not_found(format!(
-                "devices have no method ':{verb}'"
-            )));
-        }
-    };
-    Ok(response)
+        _ => Err(Status::not_found(format!(
+            "devices have no method ':{verb}'"
+        ))),
+    }
 }
 
 /// `…/registries/{r}:verb` and `…/registries/{r}/groups/{g}:verb` (gateway bindings and IAM).
@@ -372,37 +367,46 @@ async fn registry_verb(
     name: String,
     body: &Bytes,
 ) -> Result<Response, Status> {
-    let response = match verb {
+    match verb {
         "bindDeviceToGateway" => {
-            let mut r: pb::BindDeviceToGatewayRequest = parse_body(body)?;
-            r.parent = registry_of(&name);
-            json_response(api.bind_device_to_gateway(req(r)).await?.get_ref())
+            let named = |r: &mut pb::BindDeviceToGatewayRequest| r.parent = registry_of(&name);
+            call(body, named, |r| api.bind_device_to_gateway(r)).await
         }
         "unbindDeviceFromGateway" => {
-            let mut r: pb::UnbindDeviceFromGatewayRequest = parse_body(body)?;
-            r.parent = registry_of(&name);
-            json_response(api.unbind_device_from_gateway(req(r)).await?.get_ref())
+            let named = |r: &mut pb::UnbindDeviceFromGatewayRequest| r.parent = registry_of(&name);
+            call(body, named, |r| api.unbind_device_from_gateway(r)).await
         }
         "setIamPolicy" => {
-            let mut r: iam::SetIamPolicyRequest = parse_body(body)?;
-            r.resource = name;
-            json_response(api.set_iam_policy(req(r)).await?.get_ref())
+            let named = |r: &mut iam::SetIamPolicyRequest| r.resource = name;
+            call(body, named, |r| api.set_iam_policy(r)).await
         }
         "getIamPolicy" => {
-            let mut r: iam::GetIamPolicyRequest = parse_body(body)?;
-            r.resource = name;
-            json_response(api.get_iam_policy(req(r)).await?.get_ref())
+            let named = |r: &mut iam::GetIamPolicyRequest| r.resource = name;
+            call(body, named, |r| api.get_iam_policy(r)).await
         }
         "testIamPermissions" => {
-            let mut r: iam::TestIamPermissionsRequest = parse_body(body)?;
-            r.resource = name;
-            json_response(api.test_iam_permissions(req(r)).await?.get_ref())
+            let named = |r: &mut iam::TestIamPermissionsRequest| r.resource = name;
+            call(body, named, |r| api.test_iam_permissions(r)).await
         }
-        _ => {
-            return Err(Status::not_found(format!(
-                "registries have no method ':{verb}'"
-            )));
-        }
-    };
-    Ok(response)
+        _ => Err(Status::not_found(format!(
+            "registries have no method ':{verb}'"
+        ))),
+    }
+}
+
+/// Runs a custom verb whose request is the body: parsed, given the resource it names
+/// (`named`), passed to `method`, and its answer rendered as JSON.
+async fn call<T, R, F>(
+    body: &Bytes,
+    named: impl FnOnce(&mut T),
+    method: impl FnOnce(tonic::Request<T>) -> F,
+) -> Result<Response, Status>
+where
+    T: DeserializeOwned + Default,
+    R: Serialize,
+    F: std::future::Future<Output = Result<tonic::Response<R>, Status>>,
+{
+    let mut r: T = parse_body(body)?;
+    named(&mut r);
+    Ok(json_response(method(req(r)).await?.get_ref()))
 }
