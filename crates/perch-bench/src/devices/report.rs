@@ -14,6 +14,7 @@ use super::load::{Plan, Stats};
 use super::perch::{Setup, Verification};
 use super::progress::{Cpu, Sample, Usage, status_mib};
 use super::{DevicesBenchArgs, Identity, Target};
+use crate::measure::fmt_micros;
 
 /// What a run produced besides the counters: set-up, verification, CPU readings, the timeline.
 #[derive(Debug)]
@@ -326,16 +327,6 @@ impl Report {
                 if v.matches { "MATCH" } else { "MISMATCH" }
             );
         }
-    }
-}
-
-fn fmt_micros(us: f64) -> String {
-    if us < 1_000.0 {
-        format!("{us:.0} µs")
-    } else if us < 10_000_000.0 {
-        format!("{:.1} ms", us / 1e3)
-    } else {
-        format!("{:.1} s", us / 1e6)
     }
 }
 
