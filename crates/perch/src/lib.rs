@@ -8,6 +8,7 @@ pub mod admin;
 pub mod bench_shim;
 pub mod cli;
 pub mod datadir;
+mod fd_limit;
 pub mod http_server;
 pub mod scrape;
 pub mod serve;

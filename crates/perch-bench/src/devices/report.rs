@@ -247,6 +247,30 @@ impl Report {
                 s.devices_per_second
             );
         }
+        self.print_traffic();
+        if self.errors.is_empty() {
+            println!("  errors          none");
+        }
+        for (i, (kind, count)) in self.errors.iter().enumerate() {
+            let label = if i == 0 { "errors" } else { "" };
+            println!("  {label:<15} {count:>7}  {kind}");
+        }
+        self.print_cpu();
+        if let Some(v) = &self.verification {
+            println!(
+                "  verification    {}: received {} ({} distinct, {} duplicates), expected {} → {}",
+                v.subscription,
+                v.received,
+                v.distinct,
+                v.duplicates,
+                v.expected,
+                if v.matches { "MATCH" } else { "MISMATCH" }
+            );
+        }
+    }
+
+    /// The connect and publish lines of the table.
+    fn print_traffic(&self) {
         let c = &self.connect;
         println!(
             "  connect         {}/{} devices in {} = {} connects/s (attempts {}, connects {}, JWT renewals {})",
@@ -282,13 +306,10 @@ impl Report {
             "                  schedule lag {}",
             fmt_latency(&p.schedule_lag)
         );
-        if self.errors.is_empty() {
-            println!("  errors          none");
-        }
-        for (i, (kind, count)) in self.errors.iter().enumerate() {
-            let label = if i == 0 { "errors" } else { "" };
-            println!("  {label:<15} {count:>7}  {kind}");
-        }
+    }
+
+    /// The CPU lines of the table: to the deadline, then the whole run.
+    fn print_cpu(&self) {
         for (label, m) in [("cpu", &self.cpu_until_deadline), ("", &self.cpu_whole_run)] {
             let fmt = |u: &Option<Usage>| {
                 u.map_or("-".into(), |u| {
@@ -314,17 +335,6 @@ impl Report {
                 m.machine_busy_percent
                     .map_or("-".into(), |p| format!("{p:.0}%")),
                 m.cores
-            );
-        }
-        if let Some(v) = &self.verification {
-            println!(
-                "  verification    {}: received {} ({} distinct, {} duplicates), expected {} → {}",
-                v.subscription,
-                v.received,
-                v.distinct,
-                v.duplicates,
-                v.expected,
-                if v.matches { "MATCH" } else { "MISMATCH" }
             );
         }
     }

@@ -20,20 +20,21 @@ use crate::measure::{micros, new_histogram};
 
 // ----- JetStream -----
 
-pub(super) async fn run_jetstream(args: &PubsubBenchArgs, url: &str) -> Result<SystemReport> {
+/// A JetStream context on a new connection to `url`.
+async fn connect(url: &str) -> Result<jetstream::Context> {
     let client = async_nats::connect(url)
         .await
         .with_context(|| format!("cannot connect to NATS at {url}"))?;
+    Ok(jetstream::new(client))
+}
+
+pub(super) async fn run_jetstream(args: &PubsubBenchArgs, url: &str) -> Result<SystemReport> {
+    let js = connect(url).await?;
     let addr = url.split("://").last().unwrap_or(url).to_owned();
     let pid = find_listener_pid(&addr);
-    let js = jetstream::new(client);
     let mut publishers = vec![js.clone()];
     for _ in 1..args.connections {
-        publishers.push(jetstream::new(
-            async_nats::connect(url)
-                .await
-                .with_context(|| format!("cannot connect to NATS at {url}"))?,
-        ));
+        publishers.push(connect(url).await?);
     }
     let id = run_id().replace('-', "_");
     let stream_name = |suffix: &str| format!("{id}{suffix}").to_uppercase();
@@ -72,12 +73,8 @@ pub(super) async fn run_jetstream(args: &PubsubBenchArgs, url: &str) -> Result<S
         .await
         .map_err(|e| anyhow::anyhow!("cannot create a JetStream consumer: {e}"))?;
     // The consumer gets its own connection, as a separate subscriber process would have.
-    let consumer_js = jetstream::new(
-        async_nats::connect(url)
-            .await
-            .with_context(|| format!("cannot connect to NATS at {url}"))?,
-    );
-    let consumer: jetstream::consumer::PullConsumer = consumer_js
+    let consumer: jetstream::consumer::PullConsumer = connect(url)
+        .await?
         .get_consumer_from_stream("e2e", stream_name(""))
         .await
         .map_err(|e| anyhow::anyhow!("cannot open the JetStream consumer: {e}"))?;
