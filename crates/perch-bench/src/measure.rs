@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use perch_core::Clock;
+use serde::Serialize;
 
 /// Latencies are recorded in microseconds up to this bound (one hour).
 pub(crate) const LATENCY_MAX_MICROS: u64 = 3_600_000_000;
@@ -22,6 +23,37 @@ pub(crate) fn micros(d: Duration) -> u64 {
 /// Records one latency (see `micros`); values past the bound count as the bound.
 pub(crate) fn record(histogram: &mut Histogram<u64>, elapsed: Duration) {
     histogram.saturating_record(micros(elapsed));
+}
+
+/// Latency percentiles of one measured step, in microseconds (all 0 when nothing was measured).
+#[derive(Debug, Serialize)]
+pub(crate) struct Latency {
+    pub(crate) count: u64,
+    pub(crate) p50_us: u64,
+    pub(crate) p99_us: u64,
+    pub(crate) max_us: u64,
+    pub(crate) mean_us: f64,
+}
+
+impl Latency {
+    pub(crate) fn of(h: &Histogram<u64>) -> Latency {
+        if h.is_empty() {
+            return Latency {
+                count: 0,
+                p50_us: 0,
+                p99_us: 0,
+                max_us: 0,
+                mean_us: 0.0,
+            };
+        }
+        Latency {
+            count: h.len(),
+            p50_us: h.value_at_quantile(0.50),
+            p99_us: h.value_at_quantile(0.99),
+            max_us: h.max(),
+            mean_us: h.mean(),
+        }
+    }
 }
 
 /// A name unique to this run, `bench-<milliseconds since the epoch on clock>`, for registries,
@@ -60,6 +92,17 @@ mod tests {
         record(&mut h, Duration::from_secs(7200));
         assert_eq!(h.len(), 2);
         assert!(h.max() >= LATENCY_MAX_MICROS);
+    }
+
+    #[test]
+    fn an_empty_step_has_zero_latency() {
+        let empty = Latency::of(&new_histogram());
+        assert_eq!((empty.count, empty.max_us, empty.mean_us), (0, 0, 0.0));
+        let mut h = new_histogram();
+        record(&mut h, Duration::from_micros(500));
+        let one = Latency::of(&h);
+        assert_eq!(one.count, 1);
+        assert!(one.p50_us.abs_diff(500) <= 1, "{}", one.p50_us);
     }
 
     #[test]

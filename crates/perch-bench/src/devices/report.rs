@@ -14,7 +14,7 @@ use super::load::{Plan, Stats};
 use super::perch::{Setup, Verification};
 use super::progress::{Cpu, Sample, Usage, status_mib};
 use super::{DevicesBenchArgs, Identity, Target};
-use crate::measure::fmt_micros;
+use crate::measure::{Latency, fmt_micros};
 
 /// What a run produced besides the counters: set-up, verification, CPU readings, the timeline.
 #[derive(Debug)]
@@ -27,24 +27,8 @@ pub(super) struct Outcome {
     pub(super) timeline: Vec<Sample>,
 }
 
-#[derive(Debug, Serialize)]
-struct Latency {
-    count: u64,
-    p50_us: u64,
-    p99_us: u64,
-    max_us: u64,
-    mean_us: f64,
-}
-
 fn latency(h: &std::sync::Mutex<Histogram<u64>>) -> Latency {
-    let h = h.lock().unwrap_or_else(|e| e.into_inner());
-    Latency {
-        count: h.len(),
-        p50_us: h.value_at_quantile(0.50),
-        p99_us: h.value_at_quantile(0.99),
-        max_us: h.max(),
-        mean_us: h.mean(),
-    }
+    Latency::of(&h.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
 #[derive(Debug, Serialize)]

@@ -42,6 +42,8 @@ use admin::{Admin, server_provisioned, setup};
 use device::{Bridge, provision_one};
 use report::{print_table, summarize};
 
+use crate::measure::Latency;
+
 /// Lifetime of the bootstrap and device JWTs (the storm lasts minutes at most).
 const JWT_LIFETIME: Duration = Duration::from_secs(3600);
 /// Keep-alive of the device connection.
@@ -112,16 +114,6 @@ pub struct ProvisionBenchArgs {
     /// Output format
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
-}
-
-/// Latency percentiles of one measured step.
-#[derive(Debug, Serialize)]
-struct Latency {
-    count: u64,
-    p50_us: u64,
-    p99_us: u64,
-    max_us: u64,
-    mean_us: f64,
 }
 
 #[derive(Debug, Serialize)]

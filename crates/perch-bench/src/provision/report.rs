@@ -7,30 +7,15 @@ use std::time::Duration;
 use anyhow::Result;
 use tokio::time::Instant;
 
-use super::{BOOTSTRAP_ID, Latency, Outcome, ProvisionBenchArgs, Report, RequestKind, Steps};
-use crate::measure::{fmt_micros, new_histogram, record};
+use super::{BOOTSTRAP_ID, Outcome, ProvisionBenchArgs, Report, RequestKind, Steps};
+use crate::measure::{Latency, fmt_micros, new_histogram, record};
 
 pub(super) fn latency(samples: impl Iterator<Item = Duration>) -> Latency {
     let mut h = new_histogram();
     for d in samples {
         record(&mut h, d);
     }
-    if h.is_empty() {
-        return Latency {
-            count: 0,
-            p50_us: 0,
-            p99_us: 0,
-            max_us: 0,
-            mean_us: 0.0,
-        };
-    }
-    Latency {
-        count: h.len(),
-        p50_us: h.value_at_quantile(0.50),
-        p99_us: h.value_at_quantile(0.99),
-        max_us: h.max(),
-        mean_us: h.mean(),
-    }
+    Latency::of(&h)
 }
 
 pub(super) fn summarize(

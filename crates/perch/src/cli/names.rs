@@ -16,12 +16,12 @@ pub(super) fn location_path(project: &str, region: &str) -> String {
     format!("projects/{project}/locations/{region}")
 }
 
+pub(super) fn registry_name(project: &str, region: &str, registry: &str) -> String {
+    format!("{}/registries/{registry}", location_path(project, region))
+}
+
 pub(super) fn registry_path(project: &str, r: &RegistryRef) -> String {
-    format!(
-        "{}/registries/{}",
-        location_path(project, &r.region),
-        r.registry
-    )
+    registry_name(project, &r.region, &r.registry)
 }
 
 pub(super) fn device_path(project: &str, r: &RegistryRef, device: &str) -> String {

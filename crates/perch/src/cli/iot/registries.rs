@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::{list_all, parse_pairs, read_file};
 use crate::cli::ClientArgs;
 use crate::cli::client::AdminClient;
-use crate::cli::names::{location_path, topic_name};
+use crate::cli::names::{location_path, registry_name, topic_name};
 use crate::cli::output::{cell, print_list, print_one};
 
 #[derive(Debug, Args)]
@@ -115,23 +115,28 @@ pub(super) fn registry_body(
         body["stateNotificationConfig"] = json!({ "pubsubTopicName": topic_name(project, t) });
         mask.push("stateNotificationConfig");
     }
-    if s.enable_mqtt_config || s.no_enable_mqtt_config {
-        let state = if s.no_enable_mqtt_config {
-            "MQTT_DISABLED"
-        } else {
-            "MQTT_ENABLED"
-        };
-        body["mqttConfig"] = json!({ "mqttEnabledState": state });
-        mask.push("mqttConfig");
-    }
-    if s.enable_http_config || s.no_enable_http_config {
-        let state = if s.no_enable_http_config {
-            "HTTP_DISABLED"
-        } else {
-            "HTTP_ENABLED"
-        };
-        body["httpConfig"] = json!({ "httpEnabledState": state });
-        mask.push("httpConfig");
+    let protocols = [
+        (
+            s.enable_mqtt_config,
+            s.no_enable_mqtt_config,
+            "mqttConfig",
+            "mqttEnabledState",
+            "MQTT",
+        ),
+        (
+            s.enable_http_config,
+            s.no_enable_http_config,
+            "httpConfig",
+            "httpEnabledState",
+            "HTTP",
+        ),
+    ];
+    for (enable, disable, field, key, protocol) in protocols {
+        if enable || disable {
+            let state = if disable { "DISABLED" } else { "ENABLED" };
+            body[field] = json!({ key: format!("{protocol}_{state}") });
+            mask.push(field);
+        }
     }
     if !s.ca_certificates.is_empty() {
         let certs: Result<Vec<Value>> = s
@@ -178,10 +183,7 @@ pub(super) async fn registries(c: &ClientArgs, cmd: RegistriesCommand) -> Result
             let r = client
                 .call(
                     Method::GET,
-                    &format!(
-                        "{}/registries/{registry}",
-                        location_path(&c.project, &region)
-                    ),
+                    &registry_name(&c.project, &region, &registry),
                     &[],
                     None,
                 )
@@ -225,10 +227,7 @@ pub(super) async fn registries(c: &ClientArgs, cmd: RegistriesCommand) -> Result
             let r = client
                 .call(
                     Method::PATCH,
-                    &format!(
-                        "{}/registries/{registry}",
-                        location_path(&c.project, &region)
-                    ),
+                    &registry_name(&c.project, &region, &registry),
                     &[("updateMask", mask.join(","))],
                     Some(&body),
                 )
@@ -239,10 +238,7 @@ pub(super) async fn registries(c: &ClientArgs, cmd: RegistriesCommand) -> Result
             client
                 .call(
                     Method::DELETE,
-                    &format!(
-                        "{}/registries/{registry}",
-                        location_path(&c.project, &region)
-                    ),
+                    &registry_name(&c.project, &region, &registry),
                     &[],
                     None,
                 )
