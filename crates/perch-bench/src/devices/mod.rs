@@ -23,16 +23,18 @@ mod report;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use perch_core::{Clock, SystemClock};
 use perch_device::{Algorithm, SigningKey};
 use rumqttc::QoS;
 
-use crate::cli::client::AdminClient;
-use crate::cli::{ClientArgs, Format};
-use crate::datadir::read_endpoints;
+use crate::measure::run_name;
+use ::perch::cli::client::AdminClient;
+use ::perch::cli::{ClientArgs, Format};
+use ::perch::datadir::read_endpoints;
 use load::{Load, Plan};
 use progress::Cpu;
 use report::{Outcome, Report};
@@ -179,7 +181,7 @@ impl Target {
                 jwt_lifetime,
                 ..
             } => {
-                let token = key.sign_jwt(project, SystemTime::now(), *jwt_lifetime)?;
+                let token = key.sign_jwt(project, SystemClock.now().into(), *jwt_lifetime)?;
                 Ok(Some(("unused".into(), token)))
             }
             Identity::Broker {
@@ -259,108 +261,16 @@ fn check_args(args: &DevicesBenchArgs) -> Result<()> {
 
 pub async fn run(args: DevicesBenchArgs) -> Result<()> {
     check_args(&args)?;
-    let mut setup = None;
-    let mut admin = None;
-    let target = match &args.broker {
-        Some(broker) => {
-            let (host, port) = split_host_port(broker, "--broker")?;
-            Target {
-                host,
-                port,
-                tls: if args.plain {
-                    None
-                } else {
-                    tls_config(args.cafile.as_ref())?
-                },
-                identity: Identity::Broker {
-                    username: args.username.clone(),
-                    password: args.password.clone(),
-                },
-            }
-        }
+    let (target, setup, admin) = match &args.broker {
+        Some(broker) => (broker_target(&args, broker)?, None, None),
         None => {
-            let client = Arc::new(AdminClient::new(&ClientArgs {
-                endpoint: args.endpoint.clone(),
-                data_dir: args.data_dir.clone(),
-                project: args.project.clone(),
-                format: args.format,
-            })?);
-            let endpoints = read_endpoints(&args.data_dir).ok();
-            let mqtt = match (&args.mqtt, &endpoints) {
-                (Some(m), _) => m.clone(),
-                (None, Some(e)) if args.plain => e.mqtt_plain.clone().context(
-                    "the server has no --mqtt-plain listener; drop --plain or pass --mqtt",
-                )?,
-                (None, Some(e)) => e.mqtt.clone().context("the server has no MQTT listener")?,
-                (None, None) => bail!("pass --mqtt HOST:PORT, or --data-dir of a running server"),
-            };
-            let (host, port) = split_host_port(&mqtt, "--mqtt")?;
-            let cafile = match (&args.cafile, &endpoints) {
-                _ if args.plain => None,
-                (Some(f), _) => Some(f.clone()),
-                (None, Some(e)) => Some(PathBuf::from(&e.ca)),
-                (None, None) => Some(args.data_dir.join("tls/ca.pem")),
-            };
-            let registry_id = match &args.registry {
-                Some(r) => r.clone(),
-                None => format!("bench-{}", chrono::Utc::now().timestamp_millis()),
-            };
-            let (private, public) = perch::device_key(args.key_file.as_deref())?;
-            let key = SigningKey::from_pem(private.as_bytes(), Algorithm::Es256)
-                .context("cannot sign with the device key")?;
-            let location = format!("projects/{}/locations/{}", args.project, args.region);
-            eprintln!(
-                "creating or finding {} devices in {location}/registries/{registry_id}",
-                args.devices
-            );
-            let prepared = perch::prepare(
-                client.clone(),
-                &location,
-                &registry_id,
-                &public,
-                args.devices,
-                args.create_concurrency,
-                args.verify_subscription,
-            )
-            .await?;
-            if prepared.devices_existing > 0 && args.key_file.is_none() {
-                bail!(
-                    "registry {} already holds bench devices with another key; pass the --key-file that created them",
-                    prepared.registry
-                );
-            }
-            let target = Target {
-                host,
-                port,
-                tls: tls_config(cafile.as_ref())?,
-                identity: Identity::Perch {
-                    registry: prepared.registry.clone(),
-                    project: args.project.clone(),
-                    key: Arc::new(key),
-                    jwt_lifetime: Duration::from_secs(args.jwt_lifetime),
-                },
-            };
-            setup = Some(prepared);
-            admin = Some(client);
-            target
+            let (target, setup, admin) = perch_target(&args).await?;
+            (target, Some(setup), Some(admin))
         }
     };
 
     let load = Load::new();
-    let plan = Arc::new(Plan {
-        devices: args.devices,
-        connect_rate: args.connect_rate,
-        publish_interval: Duration::from_secs_f64(args.publish_interval),
-        size: args.size,
-        qos: if args.qos == 0 {
-            QoS::AtMostOnce
-        } else {
-            QoS::AtLeastOnce
-        },
-        max_inflight: args.max_inflight,
-        keep_alive: Duration::from_secs(args.keep_alive),
-        deadline: load.stats.started + Duration::from_secs_f64(args.duration),
-    });
+    let plan = Arc::new(plan(&args, load.stats.started));
     let cpu_start = Cpu::read(args.server_pid);
     let progress = progress::spawn_progress(load.stats.clone(), plan.clone(), args.server_pid);
     load.start_devices(Arc::new(target.clone()), plan.clone())
@@ -402,6 +312,110 @@ pub async fn run(args: DevicesBenchArgs) -> Result<()> {
         Format::Table => report.print_table(),
     }
     Ok(())
+}
+
+/// `--broker HOST:PORT`: any MQTT broker, with the optional username and password.
+fn broker_target(args: &DevicesBenchArgs, broker: &str) -> Result<Target> {
+    let (host, port) = split_host_port(broker, "--broker")?;
+    Ok(Target {
+        host,
+        port,
+        tls: if args.plain {
+            None
+        } else {
+            tls_config(args.cafile.as_ref())?
+        },
+        identity: Identity::Broker {
+            username: args.username.clone(),
+            password: args.password.clone(),
+        },
+    })
+}
+
+/// Perch: finds the bridge, then creates (or finds) the registry and its devices through the
+/// admin API; returns the target, what setup made, and the admin client for verification.
+async fn perch_target(args: &DevicesBenchArgs) -> Result<(Target, perch::Setup, Arc<AdminClient>)> {
+    let client = Arc::new(AdminClient::new(&ClientArgs {
+        endpoint: args.endpoint.clone(),
+        data_dir: args.data_dir.clone(),
+        project: args.project.clone(),
+        format: args.format,
+    })?);
+    let endpoints = read_endpoints(&args.data_dir).ok();
+    let mqtt = match (&args.mqtt, &endpoints) {
+        (Some(m), _) => m.clone(),
+        (None, Some(e)) if args.plain => e
+            .mqtt_plain
+            .clone()
+            .context("the server has no --mqtt-plain listener; drop --plain or pass --mqtt")?,
+        (None, Some(e)) => e.mqtt.clone().context("the server has no MQTT listener")?,
+        (None, None) => bail!("pass --mqtt HOST:PORT, or --data-dir of a running server"),
+    };
+    let (host, port) = split_host_port(&mqtt, "--mqtt")?;
+    let cafile = match (&args.cafile, &endpoints) {
+        _ if args.plain => None,
+        (Some(f), _) => Some(f.clone()),
+        (None, Some(e)) => Some(PathBuf::from(&e.ca)),
+        (None, None) => Some(args.data_dir.join("tls/ca.pem")),
+    };
+    let registry_id = match &args.registry {
+        Some(r) => r.clone(),
+        None => run_name(&SystemClock),
+    };
+    let (private, public) = perch::device_key(args.key_file.as_deref())?;
+    let key = SigningKey::from_pem(private.as_bytes(), Algorithm::Es256)
+        .context("cannot sign with the device key")?;
+    let location = format!("projects/{}/locations/{}", args.project, args.region);
+    eprintln!(
+        "creating or finding {} devices in {location}/registries/{registry_id}",
+        args.devices
+    );
+    let prepared = perch::prepare(
+        client.clone(),
+        &location,
+        &registry_id,
+        &public,
+        args.devices,
+        args.create_concurrency,
+        args.verify_subscription,
+    )
+    .await?;
+    if prepared.devices_existing > 0 && args.key_file.is_none() {
+        bail!(
+            "registry {} already holds bench devices with another key; pass the --key-file that created them",
+            prepared.registry
+        );
+    }
+    let target = Target {
+        host,
+        port,
+        tls: tls_config(cafile.as_ref())?,
+        identity: Identity::Perch {
+            registry: prepared.registry.clone(),
+            project: args.project.clone(),
+            key: Arc::new(key),
+            jwt_lifetime: Duration::from_secs(args.jwt_lifetime),
+        },
+    };
+    Ok((target, prepared, client))
+}
+
+/// What every device does, from the flags; the load runs `--duration` from `started`.
+fn plan(args: &DevicesBenchArgs, started: tokio::time::Instant) -> Plan {
+    Plan {
+        devices: args.devices,
+        connect_rate: args.connect_rate,
+        publish_interval: Duration::from_secs_f64(args.publish_interval),
+        size: args.size,
+        qos: if args.qos == 0 {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        },
+        max_inflight: args.max_inflight,
+        keep_alive: Duration::from_secs(args.keep_alive),
+        deadline: started + Duration::from_secs_f64(args.duration),
+    }
 }
 
 #[cfg(test)]

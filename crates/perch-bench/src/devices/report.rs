@@ -14,6 +14,7 @@ use super::load::{Plan, Stats};
 use super::perch::{Setup, Verification};
 use super::progress::{Cpu, Sample, Usage, status_mib};
 use super::{DevicesBenchArgs, Identity, Target};
+use crate::measure::{Latency, fmt_micros};
 
 /// What a run produced besides the counters: set-up, verification, CPU readings, the timeline.
 #[derive(Debug)]
@@ -26,24 +27,8 @@ pub(super) struct Outcome {
     pub(super) timeline: Vec<Sample>,
 }
 
-#[derive(Debug, Serialize)]
-struct Latency {
-    count: u64,
-    p50_us: u64,
-    p99_us: u64,
-    max_us: u64,
-    mean_us: f64,
-}
-
 fn latency(h: &std::sync::Mutex<Histogram<u64>>) -> Latency {
-    let h = h.lock().unwrap_or_else(|e| e.into_inner());
-    Latency {
-        count: h.len(),
-        p50_us: h.value_at_quantile(0.50),
-        p99_us: h.value_at_quantile(0.99),
-        max_us: h.max(),
-        mean_us: h.mean(),
-    }
+    Latency::of(&h.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
 #[derive(Debug, Serialize)]
@@ -246,6 +231,30 @@ impl Report {
                 s.devices_per_second
             );
         }
+        self.print_traffic();
+        if self.errors.is_empty() {
+            println!("  errors          none");
+        }
+        for (i, (kind, count)) in self.errors.iter().enumerate() {
+            let label = if i == 0 { "errors" } else { "" };
+            println!("  {label:<15} {count:>7}  {kind}");
+        }
+        self.print_cpu();
+        if let Some(v) = &self.verification {
+            println!(
+                "  verification    {}: received {} ({} distinct, {} duplicates), expected {} → {}",
+                v.subscription,
+                v.received,
+                v.distinct,
+                v.duplicates,
+                v.expected,
+                if v.matches { "MATCH" } else { "MISMATCH" }
+            );
+        }
+    }
+
+    /// The connect and publish lines of the table.
+    fn print_traffic(&self) {
         let c = &self.connect;
         println!(
             "  connect         {}/{} devices in {} = {} connects/s (attempts {}, connects {}, JWT renewals {})",
@@ -281,13 +290,10 @@ impl Report {
             "                  schedule lag {}",
             fmt_latency(&p.schedule_lag)
         );
-        if self.errors.is_empty() {
-            println!("  errors          none");
-        }
-        for (i, (kind, count)) in self.errors.iter().enumerate() {
-            let label = if i == 0 { "errors" } else { "" };
-            println!("  {label:<15} {count:>7}  {kind}");
-        }
+    }
+
+    /// The CPU lines of the table: to the deadline, then the whole run.
+    fn print_cpu(&self) {
         for (label, m) in [("cpu", &self.cpu_until_deadline), ("", &self.cpu_whole_run)] {
             let fmt = |u: &Option<Usage>| {
                 u.map_or("-".into(), |u| {
@@ -315,27 +321,6 @@ impl Report {
                 m.cores
             );
         }
-        if let Some(v) = &self.verification {
-            println!(
-                "  verification    {}: received {} ({} distinct, {} duplicates), expected {} → {}",
-                v.subscription,
-                v.received,
-                v.distinct,
-                v.duplicates,
-                v.expected,
-                if v.matches { "MATCH" } else { "MISMATCH" }
-            );
-        }
-    }
-}
-
-fn fmt_micros(us: f64) -> String {
-    if us < 1_000.0 {
-        format!("{us:.0} µs")
-    } else if us < 10_000_000.0 {
-        format!("{:.1} ms", us / 1e3)
-    } else {
-        format!("{:.1} s", us / 1e6)
     }
 }
 

@@ -17,14 +17,15 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use perch_core::{Clock, SystemClock};
 use reqwest::Method;
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::publisher::parse_stamp;
-use crate::cli::client::AdminClient;
-use crate::datadir::write_private;
+use ::perch::cli::client::AdminClient;
+use ::perch::datadir::write_private;
 
 /// Messages one verification pull asks for (Perch's Pull cap).
 const PULL_MAX_MESSAGES: usize = 1000;
@@ -137,7 +138,7 @@ pub(super) async fn prepare(
     let subscription = if verify {
         let name = format!(
             "projects/{project}/subscriptions/{registry_id}-verify-{}",
-            chrono::Utc::now().timestamp_millis()
+            SystemClock.now().timestamp_millis()
         );
         let body = json!({ "topic": topic, "ackDeadlineSeconds": VERIFY_ACK_DEADLINE_SECONDS });
         client

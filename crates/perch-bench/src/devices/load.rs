@@ -34,14 +34,13 @@ use tokio::time::Instant;
 
 use super::Target;
 use super::publisher::Publisher;
+use crate::measure::{micros, new_histogram};
 
 /// TCP + TLS + CONNACK must complete within this (rumqttc also bounds each flush by it).
 const CONNECT_TIMEOUT_SECS: u64 = 10;
 /// First and largest reconnect ceilings; a benchmark retries sooner than a real device.
 const RECONNECT_BASE_DELAY: Duration = Duration::from_millis(500);
 const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(10);
-/// Latencies are recorded in microseconds up to this bound (one hour).
-const LATENCY_MAX_MICROS: u64 = 3_600_000_000;
 
 /// What every device does, from the flags.
 #[derive(Debug, Clone)]
@@ -57,13 +56,8 @@ pub(super) struct Plan {
     pub(super) deadline: Instant,
 }
 
-pub(super) fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, LATENCY_MAX_MICROS, 3).expect("the bounds are valid constants")
-}
-
 pub(super) fn record(histogram: &Mutex<Histogram<u64>>, elapsed: Duration) {
-    let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-    lock(histogram).saturating_record(micros.max(1));
+    lock(histogram).saturating_record(micros(elapsed));
 }
 
 /// A poisoned lock only means another task panicked while counting; the counts stay usable.

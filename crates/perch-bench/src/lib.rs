@@ -1,7 +1,11 @@
-//! `perch bench …`: load generators and benchmarks that print measured figures (never timed
-//! tests). Each benchmark lives in its own module.
+//! `perch-bench …` (also `perch bench …`): load generators and benchmarks that print measured
+//! figures (never timed tests). Each benchmark lives in its own module.
+//!
+//! Kept out of the `perch` server binary so that it does not link the NATS and MQTT clients or
+//! the latency histograms; `perch bench` execs this binary from beside `perch`.
 
 pub mod devices;
+mod measure;
 pub mod provision;
 pub mod pubsub;
 pub mod registry;
@@ -9,7 +13,7 @@ pub mod registry;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
-/// `perch bench …`
+/// `perch-bench …` (`perch bench …`)
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     #[command(subcommand)]
