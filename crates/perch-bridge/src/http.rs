@@ -20,16 +20,15 @@ use axum::routing::any;
 use base64::Engine;
 use base64::engine::DecodePaddingMode;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
-use chrono::Utc;
 use perch_core::model::{Device, Registry};
 use perch_core::{DeviceName, ErrorCode, RegistryName};
 use perch_registry::auth::verify_device_jwt;
-use perch_store::log::NewMessage;
 use serde::Deserialize;
 
 use crate::bridge::Inner;
+use crate::ingest::{self, Via};
 use crate::rate::DeviceRates;
-use crate::router::{self, DeviceIdentity};
+use crate::router::DeviceIdentity;
 use crate::state::store_state;
 
 /// Largest request body (a 256 KB payload, base64-encoded, with JSON around it).
@@ -263,35 +262,17 @@ async fn serve(
                     ),
                 ));
             }
-            let Some(topic) = router::route(&registry.event_notification_configs, &body.sub_folder)
-            else {
-                return Err(failure(
-                    ErrorCode::FailedPrecondition,
-                    format!(
-                        "registry `{}` has no event notification config for subfolder '{}'",
-                        registry.id, body.sub_folder
-                    ),
-                ));
-            };
-            let message = NewMessage {
-                data: Bytes::from(data),
-                attributes: router::trusted_attributes(&identity, &body.sub_folder),
-                ordering_key: String::new(),
-            };
-            bridge
-                .pubsub
-                .publish(topic, vec![message])
-                .await
-                .map_err(|e| {
-                    failure(
-                        e.code(),
-                        format!("the telemetry could not be published to `{topic}`: {e}"),
-                    )
-                })?;
-            metrics::counter!("perch_device_events_total", "bridge" => "http").increment(1);
-            bridge
-                .activity
-                .event(&identity.registry, identity.num_id, Utc::now());
+            let data = Bytes::from(data);
+            ingest::telemetry(
+                bridge,
+                &registry,
+                &identity,
+                &body.sub_folder,
+                data,
+                Via::Http,
+            )
+            .await
+            .map_err(|e| failure(e.code(), e.to_string()))?;
             Ok(ok_json(serde_json::json!({})))
         }
         "setState" => {
@@ -337,7 +318,7 @@ async fn serve(
             // Bookkeeping only: batched with the activity times, never a registry write per read.
             bridge
                 .activity
-                .config_sent(&identity.registry, identity.num_id, Utc::now());
+                .config_sent(&identity.registry, identity.num_id, bridge.clock.now());
             let mut out = serde_json::json!({ "version": latest.to_string() });
             // The device already has the latest version: nothing to send but the number.
             if local != latest && !device.config.binary_data.is_empty() {
@@ -406,7 +387,7 @@ async fn authenticate(
         token,
         &name.registry.project,
         &device.credentials,
-        Utc::now(),
+        bridge.clock.now(),
     )
     .map_err(|e| {
         failure(
@@ -460,7 +441,7 @@ async fn provision(
         let token = bearer(&headers)?;
         let service = &bridge.provisioning;
         service
-            .authenticate(&registry, bootstrap, token, Utc::now())
+            .authenticate(&registry, bootstrap, token, bridge.clock.now())
             .await
             .map_err(|e| {
                 failure(

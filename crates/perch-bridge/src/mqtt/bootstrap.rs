@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use chrono::Utc;
 use perch_core::RegistryName;
 use perch_registry::auth::JWT_CLOCK_SKEW;
 use perch_registry::provisioning::model::ProvisionRequest;
@@ -15,8 +14,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 use crate::bridge::Inner;
-use crate::mqtt::codec::{ConnAck, Connect, Packet, Publish, QoS, SubAck};
-use crate::mqtt::connection::{Read, Wire};
+use crate::mqtt::codec::{Connect, ConnectReturnCode, Packet, Publish, QoS, SubAck};
+use crate::mqtt::connection::{Read, Wire, connack};
+use crate::mqtt::refusal::Refusal;
 
 /// How long a bootstrap connection may stay open: enough to ask and read the answer.
 pub(crate) const BOOTSTRAP_SESSION_MAX: Duration = Duration::from_secs(5 * 60);
@@ -62,22 +62,16 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     bootstrap: String,
 ) {
     let service = &bridge.provisioning;
-    let refuse = |code: u8| {
-        Packet::ConnAck(ConnAck {
-            session_present: false,
-            code,
-        })
-    };
     let Some(password) = connect
         .password
         .as_ref()
         .and_then(|p| std::str::from_utf8(p).ok())
         .filter(|p| !p.is_empty())
     else {
-        let _ = wire.send(&refuse(4)).await;
+        let _ = wire.send(&connack(Refusal::NoPassword.code())).await;
         return;
     };
-    let now = Utc::now();
+    let now = bridge.clock.now();
     let expires_at = match service
         .authenticate(&registry, &bootstrap, password, now)
         .await
@@ -85,11 +79,15 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         Ok((_, exp)) => exp,
         Err(e) => {
             tracing::debug!(%registry, bootstrap, error = %e, "bootstrap connection refused");
-            let _ = wire.send(&refuse(e.connack_code())).await;
+            let _ = wire.send(&connack(Refusal::Token(&e).code())).await;
             return;
         }
     };
-    if wire.send(&refuse(0)).await.is_err() {
+    if wire
+        .send(&connack(ConnectReturnCode::Accepted))
+        .await
+        .is_err()
+    {
         return;
     }
     let until_token_lapses = (expires_at + JWT_CLOCK_SKEW - now)

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use chrono::Utc;
 use perch_core::{DeviceName, ErrorCode};
 use perch_registry::auth::{JWT_CLOCK_SKEW, verify_device_jwt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -23,7 +22,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::bridge::Inner;
-use crate::mqtt::codec::{self, ConnAck, Connect, Packet};
+use crate::mqtt::close::CloseReason;
+use crate::mqtt::codec::{self, ConnAck, Connect, ConnectReturnCode, Packet};
+use crate::mqtt::refusal::Refusal;
 use crate::mqtt::session::Session;
 use crate::router::DeviceIdentity;
 use crate::sessions::{CONTROL_CHANNEL_CAPACITY, Control};
@@ -37,18 +38,6 @@ const OUTBOUND_KEEP_BYTES: usize = 64 * 1024;
 /// When a session ends, output it queued (a PUBACK, a SUBACK) gets this long to reach a device
 /// that reads; a stuck one is not waited for longer.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_millis(500);
-
-/// Why a session ended, for the device's `lastErrorStatus` (None: the client left cleanly).
-pub(crate) struct Closing(pub(crate) Option<(ErrorCode, String)>);
-
-impl Closing {
-    pub(crate) fn clean() -> Closing {
-        Closing(None)
-    }
-    pub(crate) fn error(code: ErrorCode, message: impl Into<String>) -> Closing {
-        Closing(Some((code, message.into())))
-    }
-}
 
 /// The socket half of a connection: buffered reads, and queued writes with a deadline.
 pub(crate) struct Wire<S> {
@@ -137,18 +126,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
     /// Queues a packet for `pump` to write; returns the offset at which it is written. Refused
     /// (with why, to close the connection) when the device has left
     /// `BridgeOptions::outbound_queue_max_bytes` unread; one packet is always accepted.
-    pub(crate) fn queue(&mut self, packet: &Packet) -> Result<u64, Closing> {
+    pub(crate) fn queue(&mut self, packet: &Packet) -> Result<u64, CloseReason> {
         let before = self.outbound.len();
         codec::encode(packet, &mut self.outbound);
         if before > 0 && self.outbound.len() > self.outbound_max_bytes {
             self.outbound.truncate(before);
-            return Err(Closing::error(
-                ErrorCode::ResourceExhausted,
-                format!(
-                    "mqtt: SERVER: The device is not reading: {before} bytes already wait to be sent; the limit is {}.",
-                    self.outbound_max_bytes
-                ),
-            ));
+            return Err(CloseReason::OutboundFull {
+                queued: before,
+                limit: self.outbound_max_bytes,
+            });
         }
         if self.progress_at.is_none() {
             self.progress_at = Some(Instant::now());
@@ -267,13 +253,8 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
         Ok(Read::Eof) => return,
         Ok(Read::Invalid(e)) => {
             tracing::debug!(%peer, error = %e, "invalid first packet");
-            if let Some(code) = e.connack_code() {
-                let _ = wire
-                    .send(&Packet::ConnAck(ConnAck {
-                        session_present: false,
-                        code,
-                    }))
-                    .await;
+            if let Some(refusal) = Refusal::of_decode_error(&e) {
+                let _ = wire.send(&connack(refusal.code())).await;
             }
             return;
         }
@@ -292,21 +273,13 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
         Ok(s) => s,
         Err((code, reason)) => {
             metrics::counter!("perch_mqtt_connects_total", "result" => "refused").increment(1);
-            tracing::debug!(%peer, client_id = %connect.client_id, code, reason, "connection refused");
-            let _ = wire
-                .send(&Packet::ConnAck(ConnAck {
-                    session_present: false,
-                    code,
-                }))
-                .await;
+            tracing::debug!(%peer, client_id = %connect.client_id, code = u8::from(code), reason, "connection refused");
+            let _ = wire.send(&connack(code)).await;
             return;
         }
     };
     if wire
-        .send(&Packet::ConnAck(ConnAck {
-            session_present: false,
-            code: 0,
-        }))
+        .send(&connack(ConnectReturnCode::Accepted))
         .await
         .is_err()
     {
@@ -319,13 +292,21 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
     metrics::counter!("perch_mqtt_connects_total", "result" => "accepted").increment(1);
     let live = metrics::gauge!("perch_mqtt_sessions");
     live.increment(1.0);
-    let closing = session.run(&bridge, &mut wire, rx).await;
+    let reason = session.run(&bridge, &mut wire, rx).await;
     wire.flush_before_close().await;
     live.decrement(1.0);
-    if let Closing(Some((code, message))) = closing {
+    if let Some((code, message)) = reason.status() {
         tracing::debug!(%peer, device = %identity.device_id, code = %code, reason = %message, "device disconnected");
         record_error(&bridge, &identity, code, message);
     }
+}
+
+/// The CONNACK of a new session (Perch keeps no session state between connections).
+pub(crate) fn connack(code: ConnectReturnCode) -> Packet {
+    Packet::ConnAck(ConnAck {
+        session_present: false,
+        code,
+    })
 }
 
 /// Records `lastErrorTime` / `lastErrorStatus` on a device at the next activity flush: one
@@ -340,7 +321,7 @@ pub(crate) fn record_error(
     bridge.activity.error(
         &identity.registry,
         identity.num_id,
-        Utc::now(),
+        bridge.clock.now(),
         code,
         message,
     );
@@ -350,29 +331,37 @@ pub(crate) fn record_error(
 async fn handshake(
     bridge: &Arc<Inner>,
     connect: &Connect,
-) -> Result<(Session, mpsc::Receiver<Control>), (u8, String)> {
+) -> Result<(Session, mpsc::Receiver<Control>), (ConnectReturnCode, String)> {
     let name = DeviceName::parse("client_id", &connect.client_id).map_err(|_| {
         (
-            2,
+            Refusal::ClientId.code(),
             "the client id is not projects/P/locations/L/registries/R/devices/D".to_owned(),
         )
     })?;
     let password = match &connect.password {
-        Some(p) if !p.is_empty() => {
-            std::str::from_utf8(p).map_err(|_| (4, "the password is not UTF-8".to_owned()))?
+        Some(p) if !p.is_empty() => std::str::from_utf8(p).map_err(|_| {
+            (
+                Refusal::NoPassword.code(),
+                "the password is not UTF-8".to_owned(),
+            )
+        })?,
+        _ => {
+            return Err((
+                Refusal::NoPassword.code(),
+                "no password (a JWT) was given".to_owned(),
+            ));
         }
-        _ => return Err((4, "no password (a JWT) was given".to_owned())),
     };
     let registry = bridge
         .registry
         .get_registry(&name.registry)
         .await
-        .map_err(|e| (5, e.to_string()))?;
+        .map_err(|e| (Refusal::NotAuthorized.code(), e.to_string()))?;
     let device = bridge
         .registry
         .get_device(&name)
         .await
-        .map_err(|e| (5, e.to_string()))?;
+        .map_err(|e| (Refusal::NotAuthorized.code(), e.to_string()))?;
     let identity = DeviceIdentity {
         registry: name.registry.clone(),
         device_id: device.id.clone(),
@@ -385,7 +374,7 @@ async fn handshake(
             ErrorCode::PermissionDenied,
             message.clone(),
         );
-        (5, message)
+        (Refusal::NotAuthorized.code(), message)
     };
     if !registry.mqtt_state.is_enabled() {
         return Err(refuse(format!(
@@ -396,7 +385,7 @@ async fn handshake(
     if device.blocked {
         return Err(refuse(format!("mqtt: device `{}` is blocked", device.id)));
     }
-    let now = Utc::now();
+    let now = bridge.clock.now();
     let token = verify_device_jwt(password, &name.registry.project, &device.credentials, now)
         .map_err(|e| {
             let message = format!("mqtt: {e}");
@@ -406,7 +395,7 @@ async fn handshake(
                 ErrorCode::Unauthenticated,
                 message.clone(),
             );
-            (e.connack_code(), message)
+            (Refusal::Token(&e).code(), message)
         })?;
     let credential = device
         .credentials

@@ -19,19 +19,20 @@ use bytes::Bytes;
 use chrono::Utc;
 use perch_core::model::{Device, DeviceConfig, Registry};
 use perch_core::{DeviceId, DeviceRef, ErrorCode, Rejection};
-use perch_store::log::NewMessage;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::bridge::Inner;
+use crate::ingest::{self, Via};
+use crate::mqtt::close::CloseReason;
 use crate::mqtt::codec::{Packet, Publish, QoS, SubAck, Subscribe};
-use crate::mqtt::connection::{Closing, Pumped, Read, Wire};
+use crate::mqtt::connection::{Pumped, Read, Wire};
 use crate::mqtt::gateway;
 use crate::mqtt::quota::{self, CommandFilters};
 use crate::mqtt::topic::{self, PublishTopic, SubscribeTopic};
 use crate::rate::TokenBucket;
-use crate::router::{self, DeviceIdentity};
+use crate::router::DeviceIdentity;
 use crate::sessions::{Control, command_deadline_exceeded};
 use crate::state::store_state;
 
@@ -40,6 +41,18 @@ use crate::state::store_state;
 struct PendingCommand {
     reply: oneshot::Sender<Result<(), Rejection>>,
     sent: Instant,
+}
+
+/// The session's deadlines. When two fall at the same instant the earlier variant wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Age,
+    Command,
+    Config,
+    Idle,
+    KeepAlive,
+    Token,
+    Write,
 }
 
 /// One device a session speaks for.
@@ -165,25 +178,25 @@ impl Session {
         &self,
         options: &crate::BridgeOptions,
         write_deadline: Option<Instant>,
-    ) -> (Instant, &'static str) {
-        let mut deadline = (self.last_inbound + options.idle_timeout, "idle");
+    ) -> (Instant, Timer) {
+        let mut deadline = (self.last_inbound + options.idle_timeout, Timer::Idle);
         if let Some(w) = write_deadline {
-            deadline = deadline.min((w, "write"));
+            deadline = deadline.min((w, Timer::Write));
         }
         if let Some(k) = self.keep_alive {
-            deadline = deadline.min((self.last_inbound + k, "keepalive"));
+            deadline = deadline.min((self.last_inbound + k, Timer::KeepAlive));
         }
-        deadline = deadline.min((self.token_expiry, "token"));
-        deadline = deadline.min((self.started + options.max_connection_age, "age"));
+        deadline = deadline.min((self.token_expiry, Timer::Token));
+        deadline = deadline.min((self.started + options.max_connection_age, Timer::Age));
         for ep in self.endpoints.values() {
             if let Some((_, _, sent)) = ep.config_inflight {
-                deadline = deadline.min((sent + options.config_resend_interval, "config"));
+                deadline = deadline.min((sent + options.config_resend_interval, Timer::Config));
             }
         }
         let pending = self.inflight_commands.values();
         let unwritten = self.unwritten_commands.iter().map(|(_, c)| c);
         if let Some(sent) = pending.chain(unwritten).map(|c| c.sent).min() {
-            deadline = deadline.min((sent + options.command_ack_timeout, "command"));
+            deadline = deadline.min((sent + options.command_ack_timeout, Timer::Command));
         }
         deadline
     }
@@ -209,7 +222,7 @@ impl Session {
         bridge: &Inner,
         wire: &mut Wire<S>,
         mut rx: mpsc::Receiver<Control>,
-    ) -> Closing {
+    ) -> CloseReason {
         let closing = self.serve(bridge, wire, &mut rx).await;
         self.end(bridge);
         let unwritten = self.unwritten_commands.drain(..).map(|(_, c)| c);
@@ -232,43 +245,38 @@ impl Session {
         bridge: &Inner,
         wire: &mut Wire<S>,
         rx: &mut mpsc::Receiver<Control>,
-    ) -> Closing {
+    ) -> CloseReason {
         let mut shutdown = bridge.shutdown.clone();
         loop {
             // Everything already buffered first (e.g. SUBSCRIBEs pipelined behind CONNECT).
             while let Some(read) = wire.buffered() {
-                if let Some(closing) = self.on_read(bridge, wire, read).await {
-                    return closing;
+                if let Some(reason) = self.on_read(bridge, wire, read).await {
+                    return reason;
                 }
             }
             let (deadline, why) = self.deadline(&bridge.options, wire.write_deadline());
             tokio::select! {
                 io = wire.pump() => match io {
-                    Ok(Pumped::Read(0)) | Err(_) => return Closing::clean(),
+                    Ok(Pumped::Read(0)) | Err(_) => return CloseReason::Clean,
                     Ok(Pumped::Read(_)) => {}
                     Ok(Pumped::Wrote) => self.answer_written_commands(wire.written()),
                 },
                 control = rx.recv() => match control {
-                    Some(c) => if let Some(closing) = self.on_control(bridge, wire, c).await { return closing },
-                    None => return Closing::clean(),
+                    Some(c) => if let Some(reason) = self.on_control(bridge, wire, c).await { return reason },
+                    None => return CloseReason::Clean,
                 },
                 _ = tokio::time::sleep_until(deadline) => match why {
-                    "config" => {
-                        if let Err(closing) = self.resend_due_configs(bridge, wire).await { return closing; }
+                    Timer::Config => {
+                        if let Err(reason) = self.resend_due_configs(bridge, wire).await { return reason; }
                     }
-                    "command" => self.expire_commands(&bridge.options),
-                    "write" => return Closing::error(ErrorCode::DeadlineExceeded, format!(
-                        "mqtt: SERVER: The device read nothing for {} s while messages waited to be sent.",
-                        bridge.options.write_timeout.as_secs_f64()
-                    )),
-                    "token" => return Closing::error(ErrorCode::Unauthenticated, "mqtt: SERVER: The authorization token expired."),
-                    "keepalive" => return Closing::error(ErrorCode::DeadlineExceeded, "mqtt: SERVER: The connection timed out: no packet within 1.5 times the keep-alive."),
-                    "age" => return Closing::error(ErrorCode::Unavailable, "mqtt: SERVER: The connection reached its maximum age."),
-                    _ => return Closing::error(ErrorCode::DeadlineExceeded, "mqtt: SERVER: The connection was idle for too long."),
+                    Timer::Command => self.expire_commands(&bridge.options),
+                    Timer::Write => return CloseReason::WriteTimeout(bridge.options.write_timeout),
+                    Timer::Token => return CloseReason::TokenExpired,
+                    Timer::KeepAlive => return CloseReason::KeepAlive,
+                    Timer::Age => return CloseReason::MaxAge,
+                    Timer::Idle => return CloseReason::Idle,
                 },
-                _ = crate::bridge::stopped(&mut shutdown) => {
-                    return Closing::error(ErrorCode::Unavailable, "mqtt: SERVER: The connection is closed because the server is shutting down.");
-                }
+                _ = crate::bridge::stopped(&mut shutdown) => return CloseReason::ShuttingDown,
             }
         }
     }
@@ -278,24 +286,19 @@ impl Session {
         bridge: &Inner,
         wire: &mut Wire<S>,
         read: Read,
-    ) -> Option<Closing> {
+    ) -> Option<CloseReason> {
         let packet = match read {
             Read::Packet(p) => p,
-            Read::Eof => return Some(Closing::clean()),
-            Read::Invalid(e) => {
-                return Some(Closing::error(
-                    ErrorCode::InvalidArgument,
-                    format!("mqtt: {e}"),
-                ));
-            }
+            Read::Eof => return Some(CloseReason::Clean),
+            Read::Invalid(e) => return Some(CloseReason::Invalid(e)),
         };
         self.last_inbound = Instant::now();
         let result = match packet {
             Packet::Publish(p) => self.on_publish(bridge, wire, p).await,
             Packet::Subscribe(s) => self.on_subscribe(bridge, wire, s).await,
             Packet::Unsubscribe(u) => {
-                if let Err(closing) = self.take_subscribe_token(&bridge.options) {
-                    return Some(closing);
+                if let Err(reason) = self.take_subscribe_token(&bridge.options) {
+                    return Some(reason);
                 }
                 for f in &u.filters {
                     match topic::parse_subscribe(f) {
@@ -326,20 +329,13 @@ impl Session {
                     .heartbeat(&self.own.registry, self.own.num_id, Utc::now());
                 wire.queue(&Packet::PingResp).map(drop)
             }
-            Packet::Disconnect => Err(Closing::clean()),
-            Packet::Connect(_) => Err(Closing::error(
-                ErrorCode::InvalidArgument,
-                "mqtt: [MQTT-3.1.0-2] a second CONNECT is a protocol violation",
-            )),
-            Packet::PubRec(_) | Packet::PubRel(_) | Packet::PubComp(_) => Err(Closing::error(
-                ErrorCode::InvalidArgument,
-                "mqtt: QoS 2 is not supported",
-            )),
+            Packet::Disconnect => Err(CloseReason::Clean),
+            Packet::Connect(_) => Err(CloseReason::SecondConnect),
+            Packet::PubRec(_) | Packet::PubRel(_) | Packet::PubComp(_) => {
+                Err(CloseReason::QoS2Flow)
+            }
             Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
-                Err(Closing::error(
-                    ErrorCode::InvalidArgument,
-                    "mqtt: a client may not send server packets",
-                ))
+                Err(CloseReason::ServerPacket)
             }
         };
         result.err()
@@ -370,11 +366,11 @@ impl Session {
         self.device.gateway_config.is_gateway()
     }
 
-    fn not_allowed(&self, what: &str) -> Closing {
-        Closing::error(
-            ErrorCode::PermissionDenied,
-            format!("mqtt: device `{}` may not {what}", self.own.device_id),
-        )
+    fn not_allowed(&self, what: &str) -> CloseReason {
+        CloseReason::NotAllowed {
+            device: self.own.device_id.clone(),
+            what: what.to_owned(),
+        }
     }
 
     async fn on_publish<S: AsyncRead + AsyncWrite + Unpin>(
@@ -382,12 +378,9 @@ impl Session {
         bridge: &Inner,
         wire: &mut Wire<S>,
         p: Publish,
-    ) -> Result<(), Closing> {
+    ) -> Result<(), CloseReason> {
         if p.qos == QoS::ExactlyOnce {
-            return Err(Closing::error(
-                ErrorCode::InvalidArgument,
-                "mqtt: QoS 2 publishes are not supported",
-            ));
+            return Err(CloseReason::QoS2Publish);
         }
         match topic::parse_publish(&p.topic) {
             Some(PublishTopic::Events { device, subfolder }) => {
@@ -395,55 +388,32 @@ impl Session {
                     return Err(self.not_allowed(&format!("publish to '{}'", p.topic)));
                 };
                 if p.payload.len() > bridge.options.telemetry_max_bytes {
-                    return Err(Closing::error(
-                        ErrorCode::InvalidArgument,
-                        format!(
-                            "mqtt: the telemetry payload has {} bytes; the limit is {}",
-                            p.payload.len(),
-                            bridge.options.telemetry_max_bytes
-                        ),
-                    ));
+                    return Err(CloseReason::TelemetryTooLarge {
+                        bytes: p.payload.len(),
+                        limit: bridge.options.telemetry_max_bytes,
+                    });
                 }
                 if !self.telemetry.try_take(Instant::now()) {
-                    return Err(Closing::error(
-                        ErrorCode::ResourceExhausted,
-                        format!(
-                            "mqtt: the connection sent telemetry faster than {} messages per second",
-                            bridge.options.telemetry_per_second
-                        ),
-                    ));
+                    return Err(CloseReason::TelemetryRate {
+                        per_second: bridge.options.telemetry_per_second,
+                    });
                 }
-                let Some(topic) =
-                    router::route(&self.registry.event_notification_configs, subfolder)
-                else {
-                    return Err(Closing::error(
-                        ErrorCode::FailedPrecondition,
-                        format!(
-                            "mqtt: registry `{}` has no event notification config for subfolder '{subfolder}'",
-                            self.registry.id
-                        ),
-                    ));
-                };
                 let identity = self
                     .endpoints
                     .get(&key)
                     .map(|ep| ep.identity.clone())
                     .unwrap_or_else(|| self.own.clone());
-                let message = NewMessage {
-                    data: p.payload.clone(),
-                    attributes: router::trusted_attributes(&identity, subfolder),
-                    ordering_key: String::new(),
-                };
-                if let Err(e) = bridge.pubsub.publish(topic, vec![message]).await {
-                    return Err(Closing::error(
-                        e.code(),
-                        format!("mqtt: the telemetry could not be published to `{topic}`: {e}"),
-                    ));
-                }
-                metrics::counter!("perch_device_events_total", "bridge" => "mqtt").increment(1);
-                bridge
-                    .activity
-                    .event(&identity.registry, identity.num_id, Utc::now());
+                let data = p.payload.clone();
+                ingest::telemetry(
+                    bridge,
+                    &self.registry,
+                    &identity,
+                    subfolder,
+                    data,
+                    Via::Mqtt,
+                )
+                .await
+                .map_err(CloseReason::Ingest)?;
                 ack(wire, &p).await
             }
             Some(PublishTopic::State { device }) => {
@@ -451,14 +421,10 @@ impl Session {
                     return Err(self.not_allowed(&format!("publish to '{}'", p.topic)));
                 };
                 if p.payload.len() > bridge.options.state_max_bytes {
-                    return Err(Closing::error(
-                        ErrorCode::InvalidArgument,
-                        format!(
-                            "mqtt: the state payload has {} bytes; the limit is {}",
-                            p.payload.len(),
-                            bridge.options.state_max_bytes
-                        ),
-                    ));
+                    return Err(CloseReason::StateTooLarge {
+                        bytes: p.payload.len(),
+                        limit: bridge.options.state_max_bytes,
+                    });
                 }
                 let now = Instant::now();
                 let Some(ep) = self.endpoints.get_mut(&key) else {
@@ -485,7 +451,7 @@ impl Session {
                 ep.last_state = Some(now);
                 store_state(bridge, &identity, &self.registry, p.payload.clone())
                     .await
-                    .map_err(|e| Closing::error(e.code, format!("mqtt: {}", e.message)))?;
+                    .map_err(CloseReason::State)?;
                 ack(wire, &p).await
             }
             Some(PublishTopic::Attach { device }) if self.is_gateway() => {
@@ -516,7 +482,7 @@ impl Session {
         wire: &mut Wire<S>,
         device: &str,
         p: &Publish,
-    ) -> Result<(), Closing> {
+    ) -> Result<(), CloseReason> {
         if self.endpoint_key(device).is_some() {
             return ack(wire, p).await;
         }
@@ -596,7 +562,7 @@ impl Session {
         message_type: &str,
         topic: &str,
         packet_id: u16,
-    ) -> Result<(), Closing> {
+    ) -> Result<(), CloseReason> {
         if !self.errors_subscribed {
             return Ok(());
         }
@@ -620,17 +586,13 @@ impl Session {
     }
 
     /// Takes one SUBSCRIBE/UNSUBSCRIBE token; `Err` closes a connection over its rate.
-    fn take_subscribe_token(&mut self, options: &crate::BridgeOptions) -> Result<(), Closing> {
+    fn take_subscribe_token(&mut self, options: &crate::BridgeOptions) -> Result<(), CloseReason> {
         if self.subscribes.try_take(Instant::now()) {
             return Ok(());
         }
-        Err(Closing::error(
-            ErrorCode::ResourceExhausted,
-            format!(
-                "mqtt: the connection sent SUBSCRIBE and UNSUBSCRIBE faster than {} per second",
-                options.subscribes_per_second
-            ),
-        ))
+        Err(CloseReason::SubscribeRate {
+            per_second: options.subscribes_per_second,
+        })
     }
 
     /// Distinct command filters the connection holds, over all its devices.
@@ -647,7 +609,7 @@ impl Session {
         bridge: &Inner,
         wire: &mut Wire<S>,
         s: Subscribe,
-    ) -> Result<(), Closing> {
+    ) -> Result<(), CloseReason> {
         self.take_subscribe_token(&bridge.options)?;
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut send_config = Vec::new();
@@ -670,12 +632,7 @@ impl Session {
                     if let Some(ep) = self.endpoint_mut(device) {
                         let entry = ep.commands.get_or_insert((granted, CommandFilters::new()));
                         if !quota::add_command_filter(&mut entry.1, subfolder, &mut held, max) {
-                            return Err(Closing::error(
-                                ErrorCode::ResourceExhausted,
-                                format!(
-                                    "mqtt: the connection subscribed to more than {max} distinct command topics"
-                                ),
-                            ));
+                            return Err(CloseReason::CommandFilters { max });
                         }
                         entry.0 = entry.0.max(granted);
                     }
@@ -706,7 +663,7 @@ impl Session {
         wire: &mut Wire<S>,
         key: &DeviceId,
         dup: bool,
-    ) -> Result<(), Closing> {
+    ) -> Result<(), CloseReason> {
         let Some((qos, inflight, version)) = self
             .endpoints
             .get(key)
@@ -751,7 +708,7 @@ impl Session {
         &mut self,
         bridge: &Inner,
         wire: &mut Wire<S>,
-    ) -> Result<(), Closing> {
+    ) -> Result<(), CloseReason> {
         let due: Vec<DeviceId> = self
             .endpoints
             .iter()
@@ -842,7 +799,7 @@ impl Session {
         wire: &mut Wire<S>,
         num_id: u64,
         reason: &str,
-    ) -> Result<(), Closing> {
+    ) -> Result<(), CloseReason> {
         let Some(key) = self
             .key_for_num_id(num_id)
             .filter(|k| *k != self.own.device_id)
@@ -872,7 +829,7 @@ impl Session {
         bridge: &Inner,
         wire: &mut Wire<S>,
         device: &Device,
-    ) -> Result<(), Closing> {
+    ) -> Result<(), CloseReason> {
         let Some(key) = self.key_for_num_id(device.num_id) else {
             return Ok(());
         };
@@ -906,7 +863,7 @@ impl Session {
         bridge: &Inner,
         wire: &mut Wire<S>,
         num_id: u64,
-    ) -> Result<(), Closing> {
+    ) -> Result<(), CloseReason> {
         let device = bridge
             .registry
             .store()
@@ -936,7 +893,7 @@ impl Session {
         bridge: &Inner,
         wire: &mut Wire<S>,
         control: Control,
-    ) -> Option<Closing> {
+    ) -> Option<CloseReason> {
         match control {
             Control::Kick {
                 num_id,
@@ -944,7 +901,7 @@ impl Session {
                 message,
             } => {
                 if num_id == self.own.num_id {
-                    return Some(Closing::error(code, format!("mqtt: {message}")));
+                    return Some(CloseReason::Kicked { code, message });
                 }
                 self.revoke_attachment(bridge, wire, num_id, &message)
                     .await
@@ -952,16 +909,10 @@ impl Session {
             }
             Control::DeviceChanged(device) if device.num_id == self.own.num_id => {
                 if device.blocked {
-                    return Some(Closing::error(
-                        ErrorCode::PermissionDenied,
-                        "mqtt: SERVER: The device was blocked.",
-                    ));
+                    return Some(CloseReason::Blocked);
                 }
                 if !gateway::holds_credential(&device, &self.credential, Utc::now()) {
-                    return Some(Closing::error(
-                        ErrorCode::Unauthenticated,
-                        "mqtt: SERVER: The credential the device connected with was removed.",
-                    ));
+                    return Some(CloseReason::CredentialRemoved);
                 }
                 let auth_changed = device.gateway_config.gateway_auth_method
                     != self.device.gateway_config.gateway_auth_method
@@ -975,9 +926,9 @@ impl Session {
                         .map(|ep| ep.identity.num_id)
                         .collect();
                     for num_id in attached {
-                        if let Err(closing) = self.recheck_attachment_of(bridge, wire, num_id).await
+                        if let Err(reason) = self.recheck_attachment_of(bridge, wire, num_id).await
                         {
-                            return Some(closing);
+                            return Some(reason);
                         }
                     }
                 }
@@ -991,10 +942,7 @@ impl Session {
             }
             Control::RegistryChanged(registry) => {
                 if !registry.mqtt_state.is_enabled() {
-                    return Some(Closing::error(
-                        ErrorCode::PermissionDenied,
-                        "mqtt: SERVER: MQTT was disabled for the registry.",
-                    ));
+                    return Some(CloseReason::MqttDisabled);
                 }
                 self.registry = *registry;
                 None
@@ -1008,8 +956,8 @@ impl Session {
                     }
                     newer
                 });
-                if newer && let Err(closing) = self.send_config(bridge, wire, &key, false).await {
-                    return Some(closing);
+                if newer && let Err(reason) = self.send_config(bridge, wire, &key, false).await {
+                    return Some(reason);
                 }
                 None
             }
@@ -1053,12 +1001,12 @@ impl Session {
                 };
                 let end = match wire.queue(&Packet::Publish(publish)) {
                     Ok(end) => end,
-                    Err(closing) => {
+                    Err(reason) => {
                         let _ = reply.send(Err(Rejection::new(
                             ErrorCode::Unavailable,
                             "the device is not reading its connection, which is closed",
                         )));
-                        return Some(closing);
+                        return Some(reason);
                     }
                 };
                 // QoS 0: answered once written. QoS 1: once PUBACKed. Either way
@@ -1082,7 +1030,7 @@ impl Session {
 async fn ack<S: AsyncRead + AsyncWrite + Unpin>(
     wire: &mut Wire<S>,
     p: &Publish,
-) -> Result<(), Closing> {
+) -> Result<(), CloseReason> {
     if let (QoS::AtLeastOnce, Some(id)) = (p.qos, p.packet_id) {
         wire.queue(&Packet::PubAck(id))?;
     }
