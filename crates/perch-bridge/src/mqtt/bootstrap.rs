@@ -15,8 +15,9 @@ use tokio::time::Instant;
 
 use crate::bridge::Inner;
 use crate::mqtt::codec::{Connect, ConnectReturnCode, Packet, Publish, QoS, SubAck};
-use crate::mqtt::connection::{Read, Wire, connack};
+use crate::mqtt::connection::connack;
 use crate::mqtt::refusal::Refusal;
+use crate::mqtt::wire::{Read, Wire};
 
 /// How long a bootstrap connection may stay open: enough to ask and read the answer.
 pub(crate) const BOOTSTRAP_SESSION_MAX: Duration = Duration::from_secs(5 * 60);
