@@ -2,7 +2,7 @@
 //! reports (stored, or dropped over the state rate and still PUBACKed, SPEC.md §4.6). Attach and
 //! detach topics go to `attach`.
 
-use perch_core::ErrorCode;
+use perch_core::{DeviceId, ErrorCode};
 
 use super::{Action, Effect, Now, Session, push_ack};
 use crate::mqtt::close::CloseReason;
@@ -55,6 +55,12 @@ impl Session {
         }
     }
 
+    /// The endpoint publishing as `device`: the session's own device or one attached to it.
+    fn publisher(&self, device: &str, p: &Publish) -> Result<DeviceId, CloseReason> {
+        self.endpoint_key(device)
+            .ok_or_else(|| self.not_allowed(&format!("publish to '{}'", p.topic)))
+    }
+
     fn on_telemetry(
         &mut self,
         device: &str,
@@ -63,9 +69,7 @@ impl Session {
         now: Now,
         out: &mut Vec<Action>,
     ) -> Result<(), CloseReason> {
-        let Some(key) = self.endpoint_key(device) else {
-            return Err(self.not_allowed(&format!("publish to '{}'", p.topic)));
-        };
+        let key = self.publisher(device, p)?;
         if p.payload.len() > self.options.telemetry_max_bytes {
             return Err(CloseReason::TelemetryTooLarge {
                 bytes: p.payload.len(),
@@ -99,9 +103,7 @@ impl Session {
         now: Now,
         out: &mut Vec<Action>,
     ) -> Result<(), CloseReason> {
-        let Some(key) = self.endpoint_key(device) else {
-            return Err(self.not_allowed(&format!("publish to '{}'", p.topic)));
-        };
+        let key = self.publisher(device, p)?;
         if p.payload.len() > self.options.state_max_bytes {
             return Err(CloseReason::StateTooLarge {
                 bytes: p.payload.len(),
