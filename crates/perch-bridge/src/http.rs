@@ -187,6 +187,24 @@ async fn handle(
     }
 }
 
+/// The three DeviceService calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    PublishEvent,
+    SetState,
+    GetConfig,
+}
+
+impl Call {
+    fn name(self) -> &'static str {
+        match self {
+            Call::PublishEvent => "publishEvent",
+            Call::SetState => "setState",
+            Call::GetConfig => "getConfig",
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn serve(
     bridge: &Inner,
@@ -201,35 +219,7 @@ async fn serve(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<Response, Failure> {
-    if version != "v1" && version != "v1beta1" {
-        return Err(failure(
-            ErrorCode::NotFound,
-            format!("no device API version '{version}'; use v1"),
-        ));
-    }
-    let (device, call) = if let Some(d) = rest.strip_suffix(":publishEvent") {
-        (d, "publishEvent")
-    } else if let Some(d) = rest.strip_suffix(":setState") {
-        (d, "setState")
-    } else if let Some(d) = rest.strip_suffix("/config") {
-        (d, "getConfig")
-    } else {
-        return Err(failure(
-            ErrorCode::NotFound,
-            format!("no device method serves '{rest}'"),
-        ));
-    };
-    let expected_method = if call == "getConfig" {
-        Method::GET
-    } else {
-        Method::POST
-    };
-    if *method != expected_method {
-        return Err(failure(
-            ErrorCode::NotFound,
-            format!("{call} takes {expected_method}, not {method}"),
-        ));
-    }
+    let (device, call) = parse_call(version, rest, method)?;
     let name = DeviceName::parse(
         "name",
         &format!("projects/{project}/locations/{location}/registries/{registry}/devices/{device}"),
@@ -237,96 +227,156 @@ async fn serve(
     .map_err(|e| failure(ErrorCode::InvalidArgument, e.to_string()))?;
     let (identity, registry, device) = authenticate(bridge, &name, headers).await?;
     match call {
-        "publishEvent" => {
-            if !rates.telemetry(identity.num_id, &bridge.options) {
-                return Err(failure(
-                    ErrorCode::ResourceExhausted,
-                    format!(
-                        "device `{}` sends telemetry faster than {} messages per second (burst {})",
-                        identity.device_id,
-                        bridge.options.telemetry_per_second,
-                        bridge.options.telemetry_burst
-                    ),
-                ));
-            }
-            let body: PublishEventBody = parse_json(body)?;
-            no_gateways(&body.gateway_info)?;
-            let data = decode_base64("binaryData", &body.binary_data)?;
-            if data.len() > bridge.options.telemetry_max_bytes {
-                return Err(failure(
-                    ErrorCode::InvalidArgument,
-                    format!(
-                        "the telemetry payload has {} bytes; the limit is {}",
-                        data.len(),
-                        bridge.options.telemetry_max_bytes
-                    ),
-                ));
-            }
-            let data = Bytes::from(data);
-            ingest::telemetry(
-                bridge,
-                &registry,
-                &identity,
-                &body.sub_folder,
-                data,
-                Via::Http,
-            )
-            .await
-            .map_err(|e| failure(e.code(), e.to_string()))?;
-            Ok(ok_json(serde_json::json!({})))
-        }
-        "setState" => {
-            if !rates.state(identity.num_id, &bridge.options) {
-                return Err(failure(
-                    ErrorCode::ResourceExhausted,
-                    format!(
-                        "device `{}` reports state more often than once per {} ms",
-                        identity.device_id,
-                        bridge.options.state_min_interval.as_millis()
-                    ),
-                ));
-            }
-            let body: SetStateBody = parse_json(body)?;
-            no_gateways(&body.gateway_info)?;
-            let data = decode_base64("state.binaryData", &body.state.binary_data)?;
-            if data.len() > bridge.options.state_max_bytes {
-                return Err(failure(
-                    ErrorCode::InvalidArgument,
-                    format!(
-                        "the state payload has {} bytes; the limit is {}",
-                        data.len(),
-                        bridge.options.state_max_bytes
-                    ),
-                ));
-            }
-            store_state(bridge, &identity, &registry, Bytes::from(data))
-                .await
-                .map_err(|r| failure(r.code, r.message))?;
-            Ok(ok_json(serde_json::json!({})))
-        }
-        _ => {
-            let local = local_version(query)?;
-            let latest = device.config.version;
-            if local > latest {
-                return Err(failure(
-                    ErrorCode::OutOfRange,
-                    format!(
-                        "local_version {local} is newer than the latest config version {latest}"
-                    ),
-                ));
-            }
-            // Bookkeeping only: batched with the activity times, never a registry write per read.
-            bridge
-                .activity
-                .config_sent(&identity.registry, identity.num_id, bridge.clock.now());
-            let mut out = serde_json::json!({ "version": latest.to_string() });
-            // The device already has the latest version: nothing to send but the number.
-            if local != latest && !device.config.binary_data.is_empty() {
-                out["binaryData"] = STANDARD.encode(&device.config.binary_data).into();
-            }
-            Ok(ok_json(out))
-        }
+        Call::PublishEvent => publish_event(bridge, rates, &identity, &registry, body).await,
+        Call::SetState => set_state(bridge, rates, &identity, &registry, body).await,
+        Call::GetConfig => get_config(bridge, &identity, &device, query),
     }
+}
+
+/// `{device}:publishEvent`, `{device}:setState` or `{device}/config` of API `version` with
+/// `method` → (device, call).
+fn parse_call<'a>(
+    version: &str,
+    rest: &'a str,
+    method: &Method,
+) -> Result<(&'a str, Call), Failure> {
+    if version != "v1" && version != "v1beta1" {
+        return Err(failure(
+            ErrorCode::NotFound,
+            format!("no device API version '{version}'; use v1"),
+        ));
+    }
+    let (device, call) = if let Some(d) = rest.strip_suffix(":publishEvent") {
+        (d, Call::PublishEvent)
+    } else if let Some(d) = rest.strip_suffix(":setState") {
+        (d, Call::SetState)
+    } else if let Some(d) = rest.strip_suffix("/config") {
+        (d, Call::GetConfig)
+    } else {
+        return Err(failure(
+            ErrorCode::NotFound,
+            format!("no device method serves '{rest}'"),
+        ));
+    };
+    let expected_method = if call == Call::GetConfig {
+        Method::GET
+    } else {
+        Method::POST
+    };
+    if *method != expected_method {
+        return Err(failure(
+            ErrorCode::NotFound,
+            format!("{} takes {expected_method}, not {method}", call.name()),
+        ));
+    }
+    Ok((device, call))
+}
+
+async fn publish_event(
+    bridge: &Inner,
+    rates: &DeviceRates,
+    identity: &DeviceIdentity,
+    registry: &Registry,
+    body: &Bytes,
+) -> Result<Response, Failure> {
+    if !rates.telemetry(identity.num_id, &bridge.options) {
+        return Err(failure(
+            ErrorCode::ResourceExhausted,
+            format!(
+                "device `{}` sends telemetry faster than {} messages per second (burst {})",
+                identity.device_id,
+                bridge.options.telemetry_per_second,
+                bridge.options.telemetry_burst
+            ),
+        ));
+    }
+    let body: PublishEventBody = parse_json(body)?;
+    no_gateways(&body.gateway_info)?;
+    let data = decode_base64("binaryData", &body.binary_data)?;
+    if data.len() > bridge.options.telemetry_max_bytes {
+        return Err(failure(
+            ErrorCode::InvalidArgument,
+            format!(
+                "the telemetry payload has {} bytes; the limit is {}",
+                data.len(),
+                bridge.options.telemetry_max_bytes
+            ),
+        ));
+    }
+    let data = Bytes::from(data);
+    ingest::telemetry(
+        bridge,
+        registry,
+        identity,
+        &body.sub_folder,
+        data,
+        Via::Http,
+    )
+    .await
+    .map_err(|e| failure(e.code(), e.to_string()))?;
+    Ok(ok_json(serde_json::json!({})))
+}
+
+async fn set_state(
+    bridge: &Inner,
+    rates: &DeviceRates,
+    identity: &DeviceIdentity,
+    registry: &Registry,
+    body: &Bytes,
+) -> Result<Response, Failure> {
+    if !rates.state(identity.num_id, &bridge.options) {
+        return Err(failure(
+            ErrorCode::ResourceExhausted,
+            format!(
+                "device `{}` reports state more often than once per {} ms",
+                identity.device_id,
+                bridge.options.state_min_interval.as_millis()
+            ),
+        ));
+    }
+    let body: SetStateBody = parse_json(body)?;
+    no_gateways(&body.gateway_info)?;
+    let data = decode_base64("state.binaryData", &body.state.binary_data)?;
+    if data.len() > bridge.options.state_max_bytes {
+        return Err(failure(
+            ErrorCode::InvalidArgument,
+            format!(
+                "the state payload has {} bytes; the limit is {}",
+                data.len(),
+                bridge.options.state_max_bytes
+            ),
+        ));
+    }
+    store_state(bridge, identity, registry, Bytes::from(data))
+        .await
+        .map_err(|r| failure(r.code, r.message))?;
+    Ok(ok_json(serde_json::json!({})))
+}
+
+fn get_config(
+    bridge: &Inner,
+    identity: &DeviceIdentity,
+    device: &Device,
+    query: Option<&str>,
+) -> Result<Response, Failure> {
+    let local = local_version(query)?;
+    let latest = device.config.version;
+    if local > latest {
+        return Err(failure(
+            ErrorCode::OutOfRange,
+            format!("local_version {local} is newer than the latest config version {latest}"),
+        ));
+    }
+    // Bookkeeping only: batched with the activity times, never a registry write per read.
+    bridge
+        .activity
+        .config_sent(&identity.registry, identity.num_id, bridge.clock.now());
+    let mut out = serde_json::json!({ "version": latest.to_string() });
+    // The device already has the latest version: nothing to send but the number.
+    if local != latest && !device.config.binary_data.is_empty() {
+        out["binaryData"] = STANDARD.encode(&device.config.binary_data).into();
+    }
+    Ok(ok_json(out))
 }
 
 fn ok_json(v: serde_json::Value) -> Response {

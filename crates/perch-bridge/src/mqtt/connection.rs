@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use std::collections::VecDeque;
 
+use perch_core::model::{Device, Registry};
 use perch_core::{DeviceName, ErrorCode};
 use perch_registry::auth::{JWT_CLOCK_SKEW, verify_device_jwt};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -271,14 +272,8 @@ async fn handshake(
         );
         (Refusal::NotAuthorized.code(), message)
     };
-    if !registry.mqtt_state.is_enabled() {
-        return Err(refuse(format!(
-            "mqtt: MQTT is disabled for registry `{}`",
-            registry.id
-        )));
-    }
-    if device.blocked {
-        return Err(refuse(format!("mqtt: device `{}` is blocked", device.id)));
+    if let Some(why) = closed_to(&registry, &device) {
+        return Err(refuse(why));
     }
     let now = bridge.clock.now();
     let token = verify_device_jwt(password, &name.registry.project, &device.credentials, now)
@@ -324,4 +319,18 @@ async fn handshake(
         Instant::now(),
     );
     Ok((session, rx))
+}
+
+/// Why a known device may not connect over MQTT now, if it may not.
+fn closed_to(registry: &Registry, device: &Device) -> Option<String> {
+    if !registry.mqtt_state.is_enabled() {
+        return Some(format!(
+            "mqtt: MQTT is disabled for registry `{}`",
+            registry.id
+        ));
+    }
+    if device.blocked {
+        return Some(format!("mqtt: device `{}` is blocked", device.id));
+    }
+    None
 }
