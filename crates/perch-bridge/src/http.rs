@@ -82,6 +82,21 @@ pub(crate) fn router(bridge: Arc<Inner>) -> Router {
 }
 
 /// Standard or URL-safe base64, padded or not.
+/// The base64 `field` decoded: a `what` ("telemetry", "state") payload of at most `limit` bytes.
+fn payload(field: &str, encoded: &str, what: &str, limit: usize) -> Result<Bytes, Failure> {
+    let data = decode_base64(field, encoded)?;
+    if data.len() > limit {
+        return Err(failure(
+            ErrorCode::InvalidArgument,
+            format!(
+                "the {what} payload has {} bytes; the limit is {limit}",
+                data.len()
+            ),
+        ));
+    }
+    Ok(Bytes::from(data))
+}
+
 fn decode_base64(field: &str, s: &str) -> Result<Vec<u8>, Failure> {
     const LENIENT: GeneralPurposeConfig =
         GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
@@ -292,18 +307,8 @@ async fn publish_event(
     }
     let body: PublishEventBody = parse_json(body)?;
     no_gateways(&body.gateway_info)?;
-    let data = decode_base64("binaryData", &body.binary_data)?;
-    if data.len() > bridge.options.telemetry_max_bytes {
-        return Err(failure(
-            ErrorCode::InvalidArgument,
-            format!(
-                "the telemetry payload has {} bytes; the limit is {}",
-                data.len(),
-                bridge.options.telemetry_max_bytes
-            ),
-        ));
-    }
-    let data = Bytes::from(data);
+    let limit = bridge.options.telemetry_max_bytes;
+    let data = payload("binaryData", &body.binary_data, "telemetry", limit)?;
     ingest::telemetry(
         bridge,
         registry,
@@ -336,18 +341,9 @@ async fn set_state(
     }
     let body: SetStateBody = parse_json(body)?;
     no_gateways(&body.gateway_info)?;
-    let data = decode_base64("state.binaryData", &body.state.binary_data)?;
-    if data.len() > bridge.options.state_max_bytes {
-        return Err(failure(
-            ErrorCode::InvalidArgument,
-            format!(
-                "the state payload has {} bytes; the limit is {}",
-                data.len(),
-                bridge.options.state_max_bytes
-            ),
-        ));
-    }
-    store_state(bridge, identity, registry, Bytes::from(data))
+    let limit = bridge.options.state_max_bytes;
+    let data = payload("state.binaryData", &body.state.binary_data, "state", limit)?;
+    store_state(bridge, identity, registry, data)
         .await
         .map_err(|r| failure(r.code, r.message))?;
     Ok(ok_json(serde_json::json!({})))

@@ -230,6 +230,17 @@ fn control_messages_for_the_own_device_close_or_update() {
     );
 }
 
+/// `out` is one GATEWAY_ATTACHMENT_ERROR on the gateway's errors topic that says `what`.
+fn one_error(out: &[String], what: &str) {
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert!(
+        out[0].starts_with("PUBLISH /devices/d-1/errors qos0 None"),
+        "{out:?}"
+    );
+    assert!(out[0].contains("GATEWAY_ATTACHMENT_ERROR"), "{out:?}");
+    assert!(out[0].contains(what), "{what}: {out:?}");
+}
+
 /// A gateway with device `c-2` (num id 2) attached through it, errors subscribed.
 fn attached() -> Harness {
     let mut h = Harness::gateway(GatewayAuthMethod::AssociationOnly);
@@ -285,12 +296,7 @@ fn refused_attaches_answer_on_the_errors_topic_only() {
     let mut h = Harness::gateway(GatewayAuthMethod::AssociationOnly);
     h.subscribe(&[("/devices/d-1/errors", QoS::AtMostOnce)]);
     let bad = h.packet(publish("/devices/Bad Id/attach", QoS::AtLeastOnce, b""));
-    assert_eq!(bad.len(), 1);
-    assert!(
-        bad[0].starts_with("PUBLISH /devices/d-1/errors qos0 None"),
-        "{bad:?}"
-    );
-    assert!(bad[0].contains("is not a valid device id"), "{bad:?}");
+    one_error(&bad, "is not a valid device id");
     h.packet(publish("/devices/c-2/attach", QoS::AtLeastOnce, b""));
     let request = AttachRequest {
         device: "c-2".into(),
@@ -310,12 +316,7 @@ fn refused_attaches_answer_on_the_errors_topic_only() {
             request: request.clone(),
             found,
         };
-        let out = h.done(outcome);
-        assert_eq!(out.len(), 1, "{out:?}");
-        assert!(
-            out[0].contains("GATEWAY_ATTACHMENT_ERROR") && out[0].contains(reason),
-            "{out:?}"
-        );
+        one_error(&h.done(outcome), reason);
     }
     assert_eq!(h.sessions.count(), 0);
 }
@@ -344,12 +345,9 @@ fn revoked_attachments_are_detached_with_a_message() {
         code: ErrorCode::NotFound,
         message: "it was deleted".into(),
     };
-    let out = h.control(kick);
-    assert_eq!(out.len(), 1, "{out:?}");
-    assert!(out[0].starts_with("PUBLISH /devices/d-1/errors"), "{out:?}");
-    assert!(
-        out[0].contains("device `c-2` was detached: it was deleted"),
-        "{out:?}"
+    one_error(
+        &h.control(kick),
+        "device `c-2` was detached: it was deleted",
     );
     assert_eq!(h.sessions.count(), 0);
 }
@@ -377,10 +375,9 @@ fn attachments_are_rechecked_after_admin_changes() {
         num_id: 2,
         found: Err("not found".into()),
     };
-    let out = h.done(unreadable);
-    assert!(
-        out[0].contains("was detached: it could not be read: not found"),
-        "{out:?}"
+    one_error(
+        &h.done(unreadable),
+        "was detached: it could not be read: not found",
     );
     assert!(
         h.control(Control::AttachmentChanged { num_id: 2 })
