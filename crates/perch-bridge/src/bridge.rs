@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use perch_core::{Clock, SystemClock};
 use perch_pubsub::PubsubService;
 use perch_registry::RegistryService;
 use tokio::net::TcpListener;
@@ -126,6 +127,8 @@ pub(crate) struct Inner {
     pub(crate) options: BridgeOptions,
     pub(crate) connections: Arc<Semaphore>,
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// Wall-clock "now" for the times the bridge stores (activity, state, `lastErrorStatus`).
+    pub(crate) clock: Arc<dyn Clock>,
 }
 
 impl Inner {
@@ -186,6 +189,7 @@ impl Bridge {
                 activity,
                 options,
                 shutdown,
+                clock: Arc::new(SystemClock),
             }),
         }
     }

@@ -20,16 +20,15 @@ use axum::routing::any;
 use base64::Engine;
 use base64::engine::DecodePaddingMode;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
-use chrono::Utc;
 use perch_core::model::{Device, Registry};
 use perch_core::{DeviceName, ErrorCode, RegistryName};
 use perch_registry::auth::verify_device_jwt;
-use perch_store::log::NewMessage;
 use serde::Deserialize;
 
 use crate::bridge::Inner;
+use crate::ingest::{self, Via};
 use crate::rate::DeviceRates;
-use crate::router::{self, DeviceIdentity};
+use crate::router::DeviceIdentity;
 use crate::state::store_state;
 
 /// Largest request body (a 256 KB payload, base64-encoded, with JSON around it).
@@ -83,6 +82,21 @@ pub(crate) fn router(bridge: Arc<Inner>) -> Router {
 }
 
 /// Standard or URL-safe base64, padded or not.
+/// The base64 `field` decoded: a `what` ("telemetry", "state") payload of at most `limit` bytes.
+fn payload(field: &str, encoded: &str, what: &str, limit: usize) -> Result<Bytes, Failure> {
+    let data = decode_base64(field, encoded)?;
+    if data.len() > limit {
+        return Err(failure(
+            ErrorCode::InvalidArgument,
+            format!(
+                "the {what} payload has {} bytes; the limit is {limit}",
+                data.len()
+            ),
+        ));
+    }
+    Ok(Bytes::from(data))
+}
+
 fn decode_base64(field: &str, s: &str) -> Result<Vec<u8>, Failure> {
     const LENIENT: GeneralPurposeConfig =
         GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
@@ -188,6 +202,24 @@ async fn handle(
     }
 }
 
+/// The three DeviceService calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    PublishEvent,
+    SetState,
+    GetConfig,
+}
+
+impl Call {
+    fn name(self) -> &'static str {
+        match self {
+            Call::PublishEvent => "publishEvent",
+            Call::SetState => "setState",
+            Call::GetConfig => "getConfig",
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn serve(
     bridge: &Inner,
@@ -202,35 +234,7 @@ async fn serve(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<Response, Failure> {
-    if version != "v1" && version != "v1beta1" {
-        return Err(failure(
-            ErrorCode::NotFound,
-            format!("no device API version '{version}'; use v1"),
-        ));
-    }
-    let (device, call) = if let Some(d) = rest.strip_suffix(":publishEvent") {
-        (d, "publishEvent")
-    } else if let Some(d) = rest.strip_suffix(":setState") {
-        (d, "setState")
-    } else if let Some(d) = rest.strip_suffix("/config") {
-        (d, "getConfig")
-    } else {
-        return Err(failure(
-            ErrorCode::NotFound,
-            format!("no device method serves '{rest}'"),
-        ));
-    };
-    let expected_method = if call == "getConfig" {
-        Method::GET
-    } else {
-        Method::POST
-    };
-    if *method != expected_method {
-        return Err(failure(
-            ErrorCode::NotFound,
-            format!("{call} takes {expected_method}, not {method}"),
-        ));
-    }
+    let (device, call) = parse_call(version, rest, method)?;
     let name = DeviceName::parse(
         "name",
         &format!("projects/{project}/locations/{location}/registries/{registry}/devices/{device}"),
@@ -238,114 +242,137 @@ async fn serve(
     .map_err(|e| failure(ErrorCode::InvalidArgument, e.to_string()))?;
     let (identity, registry, device) = authenticate(bridge, &name, headers).await?;
     match call {
-        "publishEvent" => {
-            if !rates.telemetry(identity.num_id, &bridge.options) {
-                return Err(failure(
-                    ErrorCode::ResourceExhausted,
-                    format!(
-                        "device `{}` sends telemetry faster than {} messages per second (burst {})",
-                        identity.device_id,
-                        bridge.options.telemetry_per_second,
-                        bridge.options.telemetry_burst
-                    ),
-                ));
-            }
-            let body: PublishEventBody = parse_json(body)?;
-            no_gateways(&body.gateway_info)?;
-            let data = decode_base64("binaryData", &body.binary_data)?;
-            if data.len() > bridge.options.telemetry_max_bytes {
-                return Err(failure(
-                    ErrorCode::InvalidArgument,
-                    format!(
-                        "the telemetry payload has {} bytes; the limit is {}",
-                        data.len(),
-                        bridge.options.telemetry_max_bytes
-                    ),
-                ));
-            }
-            let Some(topic) = router::route(&registry.event_notification_configs, &body.sub_folder)
-            else {
-                return Err(failure(
-                    ErrorCode::FailedPrecondition,
-                    format!(
-                        "registry `{}` has no event notification config for subfolder '{}'",
-                        registry.id, body.sub_folder
-                    ),
-                ));
-            };
-            let message = NewMessage {
-                data: Bytes::from(data),
-                attributes: router::trusted_attributes(&identity, &body.sub_folder),
-                ordering_key: String::new(),
-            };
-            bridge
-                .pubsub
-                .publish(topic, vec![message])
-                .await
-                .map_err(|e| {
-                    failure(
-                        e.code(),
-                        format!("the telemetry could not be published to `{topic}`: {e}"),
-                    )
-                })?;
-            metrics::counter!("perch_device_events_total", "bridge" => "http").increment(1);
-            bridge
-                .activity
-                .event(&identity.registry, identity.num_id, Utc::now());
-            Ok(ok_json(serde_json::json!({})))
-        }
-        "setState" => {
-            if !rates.state(identity.num_id, &bridge.options) {
-                return Err(failure(
-                    ErrorCode::ResourceExhausted,
-                    format!(
-                        "device `{}` reports state more often than once per {} ms",
-                        identity.device_id,
-                        bridge.options.state_min_interval.as_millis()
-                    ),
-                ));
-            }
-            let body: SetStateBody = parse_json(body)?;
-            no_gateways(&body.gateway_info)?;
-            let data = decode_base64("state.binaryData", &body.state.binary_data)?;
-            if data.len() > bridge.options.state_max_bytes {
-                return Err(failure(
-                    ErrorCode::InvalidArgument,
-                    format!(
-                        "the state payload has {} bytes; the limit is {}",
-                        data.len(),
-                        bridge.options.state_max_bytes
-                    ),
-                ));
-            }
-            store_state(bridge, &identity, &registry, Bytes::from(data))
-                .await
-                .map_err(|r| failure(r.code, r.message))?;
-            Ok(ok_json(serde_json::json!({})))
-        }
-        _ => {
-            let local = local_version(query)?;
-            let latest = device.config.version;
-            if local > latest {
-                return Err(failure(
-                    ErrorCode::OutOfRange,
-                    format!(
-                        "local_version {local} is newer than the latest config version {latest}"
-                    ),
-                ));
-            }
-            // Bookkeeping only: batched with the activity times, never a registry write per read.
-            bridge
-                .activity
-                .config_sent(&identity.registry, identity.num_id, Utc::now());
-            let mut out = serde_json::json!({ "version": latest.to_string() });
-            // The device already has the latest version: nothing to send but the number.
-            if local != latest && !device.config.binary_data.is_empty() {
-                out["binaryData"] = STANDARD.encode(&device.config.binary_data).into();
-            }
-            Ok(ok_json(out))
-        }
+        Call::PublishEvent => publish_event(bridge, rates, &identity, &registry, body).await,
+        Call::SetState => set_state(bridge, rates, &identity, &registry, body).await,
+        Call::GetConfig => get_config(bridge, &identity, &device, query),
     }
+}
+
+/// `{device}:publishEvent`, `{device}:setState` or `{device}/config` of API `version` with
+/// `method` → (device, call).
+fn parse_call<'a>(
+    version: &str,
+    rest: &'a str,
+    method: &Method,
+) -> Result<(&'a str, Call), Failure> {
+    if version != "v1" && version != "v1beta1" {
+        return Err(failure(
+            ErrorCode::NotFound,
+            format!("no device API version '{version}'; use v1"),
+        ));
+    }
+    let (device, call) = if let Some(d) = rest.strip_suffix(":publishEvent") {
+        (d, Call::PublishEvent)
+    } else if let Some(d) = rest.strip_suffix(":setState") {
+        (d, Call::SetState)
+    } else if let Some(d) = rest.strip_suffix("/config") {
+        (d, Call::GetConfig)
+    } else {
+        return Err(failure(
+            ErrorCode::NotFound,
+            format!("no device method serves '{rest}'"),
+        ));
+    };
+    let expected_method = if call == Call::GetConfig {
+        Method::GET
+    } else {
+        Method::POST
+    };
+    if *method != expected_method {
+        return Err(failure(
+            ErrorCode::NotFound,
+            format!("{} takes {expected_method}, not {method}", call.name()),
+        ));
+    }
+    Ok((device, call))
+}
+
+async fn publish_event(
+    bridge: &Inner,
+    rates: &DeviceRates,
+    identity: &DeviceIdentity,
+    registry: &Registry,
+    body: &Bytes,
+) -> Result<Response, Failure> {
+    if !rates.telemetry(identity.num_id, &bridge.options) {
+        return Err(failure(
+            ErrorCode::ResourceExhausted,
+            format!(
+                "device `{}` sends telemetry faster than {} messages per second (burst {})",
+                identity.device_id,
+                bridge.options.telemetry_per_second,
+                bridge.options.telemetry_burst
+            ),
+        ));
+    }
+    let body: PublishEventBody = parse_json(body)?;
+    no_gateways(&body.gateway_info)?;
+    let limit = bridge.options.telemetry_max_bytes;
+    let data = payload("binaryData", &body.binary_data, "telemetry", limit)?;
+    ingest::telemetry(
+        bridge,
+        registry,
+        identity,
+        &body.sub_folder,
+        data,
+        Via::Http,
+    )
+    .await
+    .map_err(|e| failure(e.code(), e.to_string()))?;
+    Ok(ok_json(serde_json::json!({})))
+}
+
+async fn set_state(
+    bridge: &Inner,
+    rates: &DeviceRates,
+    identity: &DeviceIdentity,
+    registry: &Registry,
+    body: &Bytes,
+) -> Result<Response, Failure> {
+    if !rates.state(identity.num_id, &bridge.options) {
+        return Err(failure(
+            ErrorCode::ResourceExhausted,
+            format!(
+                "device `{}` reports state more often than once per {} ms",
+                identity.device_id,
+                bridge.options.state_min_interval.as_millis()
+            ),
+        ));
+    }
+    let body: SetStateBody = parse_json(body)?;
+    no_gateways(&body.gateway_info)?;
+    let limit = bridge.options.state_max_bytes;
+    let data = payload("state.binaryData", &body.state.binary_data, "state", limit)?;
+    store_state(bridge, identity, registry, data)
+        .await
+        .map_err(|r| failure(r.code, r.message))?;
+    Ok(ok_json(serde_json::json!({})))
+}
+
+fn get_config(
+    bridge: &Inner,
+    identity: &DeviceIdentity,
+    device: &Device,
+    query: Option<&str>,
+) -> Result<Response, Failure> {
+    let local = local_version(query)?;
+    let latest = device.config.version;
+    if local > latest {
+        return Err(failure(
+            ErrorCode::OutOfRange,
+            format!("local_version {local} is newer than the latest config version {latest}"),
+        ));
+    }
+    // Bookkeeping only: batched with the activity times, never a registry write per read.
+    bridge
+        .activity
+        .config_sent(&identity.registry, identity.num_id, bridge.clock.now());
+    let mut out = serde_json::json!({ "version": latest.to_string() });
+    // The device already has the latest version: nothing to send but the number.
+    if local != latest && !device.config.binary_data.is_empty() {
+        out["binaryData"] = STANDARD.encode(&device.config.binary_data).into();
+    }
+    Ok(ok_json(out))
 }
 
 fn ok_json(v: serde_json::Value) -> Response {
@@ -406,7 +433,7 @@ async fn authenticate(
         token,
         &name.registry.project,
         &device.credentials,
-        Utc::now(),
+        bridge.clock.now(),
     )
     .map_err(|e| {
         failure(
@@ -460,7 +487,7 @@ async fn provision(
         let token = bearer(&headers)?;
         let service = &bridge.provisioning;
         service
-            .authenticate(&registry, bootstrap, token, Utc::now())
+            .authenticate(&registry, bootstrap, token, bridge.clock.now())
             .await
             .map_err(|e| {
                 failure(

@@ -10,6 +10,7 @@
 mod activity;
 mod bridge;
 pub mod http;
+mod ingest;
 pub mod listen;
 pub mod mqtt;
 mod rate;

@@ -2,13 +2,12 @@
 //! store), then sent to the registry's state topic as a best-effort notification (SPEC.md §4.6).
 
 use bytes::Bytes;
-use chrono::Utc;
 use perch_core::Rejection;
 use perch_core::model::{Device, DeviceState, Registry};
-use perch_store::log::NewMessage;
 
 use crate::bridge::Inner;
-use crate::router::{self, DeviceIdentity};
+use crate::ingest;
+use crate::router::DeviceIdentity;
 
 pub(crate) async fn store_state(
     bridge: &Inner,
@@ -16,7 +15,7 @@ pub(crate) async fn store_state(
     registry: &Registry,
     data: Bytes,
 ) -> Result<(), Rejection> {
-    let now = Utc::now();
+    let now = bridge.clock.now();
     let stored = data.to_vec();
     let update = Box::new(move |d: &mut Device| {
         // Two reports within one clock tick must still be distinct history entries.
@@ -35,16 +34,8 @@ pub(crate) async fn store_state(
         .await
         .map_err(|e| Rejection::new(e.code(), e.to_string()))?;
     if !registry.state_notification_topic.is_empty() {
-        let message = NewMessage {
-            data,
-            attributes: router::trusted_attributes(identity, ""),
-            ordering_key: String::new(),
-        };
-        if let Err(e) = bridge
-            .pubsub
-            .publish(&registry.state_notification_topic, vec![message])
-            .await
-        {
+        let topic = &registry.state_notification_topic;
+        if let Err(e) = ingest::publish(bridge, topic, identity, "", data).await {
             tracing::debug!(device = %identity.device_id, error = %e, "state notification skipped");
         }
     }

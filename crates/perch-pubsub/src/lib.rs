@@ -21,4 +21,6 @@ pub use config::{
     DeadLetterPolicy, PushConfig, RetryPolicy, SnapshotConfig, SubscriptionConfig, TopicConfig,
 };
 pub use error::{Error, Result};
+/// What a publisher hands over: the bridges build these without depending on the store.
+pub use perch_store::log::NewMessage;
 pub use service::{Published, PubsubOptions, PubsubService, Stream};

@@ -94,17 +94,6 @@ pub enum AuthError {
     BadSignature,
 }
 
-impl AuthError {
-    /// The CONNACK code IoT Core answered: 4 when the password is not a parseable JWT at all
-    /// (`Malformed`), 5 for everything else (SPEC.md §4.2).
-    pub fn connack_code(&self) -> u8 {
-        match self {
-            AuthError::Malformed(_) => 4,
-            _ => 5,
-        }
-    }
-}
-
 /// Verifies `token` for a device of `project` at `now` under IoT Core's rules ([`JwtRules::default`]).
 ///
 /// Accepts RS256 and ES256 only; `aud` a string equal to `project` (or a one-element array);
@@ -457,26 +446,6 @@ mod tests {
         ];
         for (name, token, credentials, expected) in cases {
             check(name, &token, &credentials, expected);
-        }
-    }
-
-    #[test]
-    fn connack_code_is_4_only_when_the_password_is_not_a_jwt() {
-        assert_eq!(AuthError::Malformed("x".into()).connack_code(), 4);
-        let refused = [
-            AuthError::UnsupportedAlgorithm("`none`".into()),
-            AuthError::InvalidClaim("iat is missing".into()),
-            AuthError::WrongAudience {
-                expected: PROJECT.into(),
-            },
-            AuthError::NotYetValid,
-            AuthError::Expired,
-            AuthError::LifetimeTooLong,
-            AuthError::NoUsableCredential,
-            AuthError::BadSignature,
-        ];
-        for err in refused {
-            assert_eq!(err.connack_code(), 5, "{err}");
         }
     }
 

@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use chrono::Utc;
 use perch_core::RegistryName;
 use perch_registry::auth::JWT_CLOCK_SKEW;
 use perch_registry::provisioning::model::ProvisionRequest;
@@ -15,8 +14,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 use crate::bridge::Inner;
-use crate::mqtt::codec::{ConnAck, Connect, Packet, Publish, QoS, SubAck};
-use crate::mqtt::connection::{Read, Wire};
+use crate::mqtt::codec::{Connect, ConnectReturnCode, Packet, Publish, QoS, SubAck, Subscribe};
+use crate::mqtt::connection::connack;
+use crate::mqtt::refusal::Refusal;
+use crate::mqtt::wire::{Read, Wire};
 
 /// How long a bootstrap connection may stay open: enough to ask and read the answer.
 pub(crate) const BOOTSTRAP_SESSION_MAX: Duration = Duration::from_secs(5 * 60);
@@ -62,22 +63,16 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     bootstrap: String,
 ) {
     let service = &bridge.provisioning;
-    let refuse = |code: u8| {
-        Packet::ConnAck(ConnAck {
-            session_present: false,
-            code,
-        })
-    };
     let Some(password) = connect
         .password
         .as_ref()
         .and_then(|p| std::str::from_utf8(p).ok())
         .filter(|p| !p.is_empty())
     else {
-        let _ = wire.send(&refuse(4)).await;
+        let _ = wire.send(&connack(Refusal::NoPassword.code())).await;
         return;
     };
-    let now = Utc::now();
+    let now = bridge.clock.now();
     let expires_at = match service
         .authenticate(&registry, &bootstrap, password, now)
         .await
@@ -85,11 +80,15 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         Ok((_, exp)) => exp,
         Err(e) => {
             tracing::debug!(%registry, bootstrap, error = %e, "bootstrap connection refused");
-            let _ = wire.send(&refuse(e.connack_code())).await;
+            let _ = wire.send(&connack(Refusal::Token(&e).code())).await;
             return;
         }
     };
-    if wire.send(&refuse(0)).await.is_err() {
+    if wire
+        .send(&connack(ConnectReturnCode::Accepted))
+        .await
+        .is_err()
+    {
         return;
     }
     let until_token_lapses = (expires_at + JWT_CLOCK_SKEW - now)
@@ -116,45 +115,15 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         };
         match packet {
             Packet::Subscribe(s) => {
-                let mut codes = Vec::new();
-                for (filter, qos) in &s.filters {
-                    let rid = filter
-                        .strip_prefix(&prefix)
-                        .and_then(|r| r.strip_prefix("responses/"));
-                    match rid {
-                        Some(rid) if valid_request_id(rid) => {
-                            let granted = (*qos).min(QoS::AtLeastOnce);
-                            subscribed.insert(rid.to_owned(), granted);
-                            codes.push(granted as u8);
-                        }
-                        _ => {
-                            tracing::debug!(
-                                bootstrap,
-                                filter,
-                                "bootstrap connection subscribed elsewhere; closing"
-                            );
-                            return;
-                        }
-                    }
-                }
-                if wire
-                    .send(&Packet::SubAck(SubAck {
-                        packet_id: s.packet_id,
-                        return_codes: codes,
-                    }))
-                    .await
-                    .is_err()
-                {
+                let Some(suback) = subscribe(&prefix, &bootstrap, &s, &mut subscribed) else {
+                    return;
+                };
+                if wire.send(&suback).await.is_err() {
                     return;
                 }
             }
             Packet::Publish(p) => {
-                let rid = p
-                    .topic
-                    .strip_prefix(&prefix)
-                    .and_then(|r| r.strip_prefix("requests/"))
-                    .filter(|r| valid_request_id(r));
-                let Some(rid) = rid.map(str::to_owned) else {
+                let Some(rid) = request_id(&prefix, &p.topic) else {
                     tracing::debug!(bootstrap, topic = %p.topic, "bootstrap connection published elsewhere; closing");
                     return;
                 };
@@ -167,38 +136,13 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 {
                     return;
                 }
-                let answer = match serde_json::from_slice::<ProvisionRequest>(&p.payload) {
-                    Ok(mut request) => {
-                        request.request_id = rid.clone();
-                        match service.provision(&registry, &bootstrap, request).await {
-                            Ok(decision) => answer(&registry, &decision),
-                            Err(e) => {
-                                serde_json::json!({ "request_id": rid, "decision": "DENIED", "reason": "INTERNAL", "message": e.to_string() })
-                            }
-                        }
-                    }
-                    Err(e) => serde_json::json!({
-                        "request_id": rid, "decision": "DENIED", "reason": "INVALID_REQUEST",
-                        "message": format!("the request is not valid JSON: {e}"),
-                    }),
-                };
+                let answer = provision(bridge, &registry, &bootstrap, &rid, &p.payload).await;
                 // Only the connection that asked, and only on the response topic it subscribed to.
                 let Some(qos) = subscribed.get(&rid).copied() else {
                     continue;
                 };
-                let packet_id = (qos == QoS::AtLeastOnce).then(|| {
-                    next_id = next_id.wrapping_add(1).max(1);
-                    next_id
-                });
-                let response = Publish {
-                    dup: false,
-                    qos,
-                    retain: false,
-                    topic: format!("{prefix}responses/{rid}"),
-                    packet_id,
-                    payload: Bytes::from(answer.to_string()),
-                };
-                if wire.send(&Packet::Publish(response)).await.is_err() {
+                let response = response(&prefix, &rid, qos, &answer, &mut next_id);
+                if wire.send(&response).await.is_err() {
                     return;
                 }
             }
@@ -216,6 +160,102 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             _ => return,
         }
     }
+}
+
+/// The SUBACK for response topics of this bootstrap (`prefix`); None when a filter is anything
+/// else, which closes the connection.
+fn subscribe(
+    prefix: &str,
+    bootstrap: &str,
+    s: &Subscribe,
+    subscribed: &mut HashMap<String, QoS>,
+) -> Option<Packet> {
+    let mut codes = Vec::new();
+    for (filter, qos) in &s.filters {
+        let rid = filter
+            .strip_prefix(prefix)
+            .and_then(|r| r.strip_prefix("responses/"));
+        match rid {
+            Some(rid) if valid_request_id(rid) => {
+                let granted = (*qos).min(QoS::AtLeastOnce);
+                subscribed.insert(rid.to_owned(), granted);
+                codes.push(granted as u8);
+            }
+            _ => {
+                tracing::debug!(
+                    bootstrap,
+                    filter,
+                    "bootstrap connection subscribed elsewhere; closing"
+                );
+                return None;
+            }
+        }
+    }
+    Some(Packet::SubAck(SubAck {
+        packet_id: s.packet_id,
+        return_codes: codes,
+    }))
+}
+
+/// The answer to provisioning request `rid` (its JSON `payload`): the decision, or a denial.
+async fn provision(
+    bridge: &Inner,
+    registry: &RegistryName,
+    bootstrap: &str,
+    rid: &str,
+    payload: &[u8],
+) -> serde_json::Value {
+    match serde_json::from_slice::<ProvisionRequest>(payload) {
+        Ok(mut request) => {
+            request.request_id = rid.to_owned();
+            match bridge
+                .provisioning
+                .provision(registry, bootstrap, request)
+                .await
+            {
+                Ok(decision) => answer(registry, &decision),
+                Err(e) => {
+                    serde_json::json!({ "request_id": rid, "decision": "DENIED", "reason": "INTERNAL", "message": e.to_string() })
+                }
+            }
+        }
+        Err(e) => serde_json::json!({
+            "request_id": rid, "decision": "DENIED", "reason": "INVALID_REQUEST",
+            "message": format!("the request is not valid JSON: {e}"),
+        }),
+    }
+}
+
+/// The request id of a publish to `{prefix}requests/{rid}`, if that is its topic.
+fn request_id(prefix: &str, topic: &str) -> Option<String> {
+    topic
+        .strip_prefix(prefix)
+        .and_then(|r| r.strip_prefix("requests/"))
+        .filter(|r| valid_request_id(r))
+        .map(str::to_owned)
+}
+
+/// The answer to request `rid` on its response topic, at the QoS subscribed with (`next_id`
+/// numbers QoS 1 answers).
+fn response(
+    prefix: &str,
+    rid: &str,
+    qos: QoS,
+    answer: &serde_json::Value,
+    next_id: &mut u16,
+) -> Packet {
+    let packet_id = (qos == QoS::AtLeastOnce).then(|| {
+        *next_id = next_id.wrapping_add(1).max(1);
+        *next_id
+    });
+    Packet::Publish(Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: format!("{prefix}responses/{rid}"),
+        packet_id,
+        payload: Bytes::from(answer.to_string()),
+    })
 }
 
 #[cfg(test)]

@@ -84,11 +84,59 @@ pub struct Connect {
     pub password: Option<Bytes>,
 }
 
-/// CONNACK; `code` 0 accepts, 1–5 refuse (MQTT 3.1.1 §3.2.2.3).
+/// CONNACK (MQTT 3.1.1 §3.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnAck {
     pub session_present: bool,
-    pub code: u8,
+    pub code: ConnectReturnCode,
+}
+
+/// The CONNACK return code (MQTT 3.1.1 §3.2.2.3): 0 accepts, 1–5 refuse. Which refusal the
+/// server sends when is decided in one place, `mqtt::refusal`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectReturnCode {
+    /// 0.
+    Accepted,
+    /// 1: the server does not speak the client's protocol level.
+    UnacceptableProtocolVersion,
+    /// 2: the client identifier is not allowed.
+    IdentifierRejected,
+    /// 3: the MQTT service is unavailable.
+    ServerUnavailable,
+    /// 4: the user name or password is malformed.
+    BadUserNameOrPassword,
+    /// 5: the client is not authorized to connect.
+    NotAuthorized,
+    /// 6–255: reserved; decoded from a peer as is, never sent by Perch.
+    Reserved(u8),
+}
+
+impl From<u8> for ConnectReturnCode {
+    fn from(code: u8) -> Self {
+        match code {
+            0 => Self::Accepted,
+            1 => Self::UnacceptableProtocolVersion,
+            2 => Self::IdentifierRejected,
+            3 => Self::ServerUnavailable,
+            4 => Self::BadUserNameOrPassword,
+            5 => Self::NotAuthorized,
+            other => Self::Reserved(other),
+        }
+    }
+}
+
+impl From<ConnectReturnCode> for u8 {
+    fn from(code: ConnectReturnCode) -> u8 {
+        match code {
+            ConnectReturnCode::Accepted => 0,
+            ConnectReturnCode::UnacceptableProtocolVersion => 1,
+            ConnectReturnCode::IdentifierRejected => 2,
+            ConnectReturnCode::ServerUnavailable => 3,
+            ConnectReturnCode::BadUserNameOrPassword => 4,
+            ConnectReturnCode::NotAuthorized => 5,
+            ConnectReturnCode::Reserved(other) => other,
+        }
+    }
 }
 
 /// PUBLISH. `packet_id` is `Some` exactly when `qos` is above [`QoS::AtMostOnce`].
@@ -167,7 +215,7 @@ impl std::fmt::Display for StringField {
 }
 
 /// Why bytes from a peer are not a valid MQTT 3.1.1 packet. Each one is a protocol violation
-/// after which the connection is closed (after CONNACK [`DecodeError::connack_code`], if any).
+/// after which the connection is closed (after the CONNACK `mqtt::refusal` picks, if any).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     #[error("[MQTT-2.2.1] packet type {0} is reserved; the peer does not speak MQTT 3.1.1")]
@@ -236,22 +284,6 @@ pub enum DecodeError {
     InvalidSubAckReturnCode(u8),
 }
 
-impl DecodeError {
-    /// CONNACK return code to send when this error occurs while decoding CONNECT (1 for a bad
-    /// protocol level/name, 2 for client id problems), None otherwise.
-    pub fn connack_code(&self) -> Option<u8> {
-        match self {
-            // [MQTT-3.1.2-2]: "unacceptable protocol version".
-            Self::UnsupportedProtocolLevel(_) | Self::InvalidProtocolName(_) => Some(1),
-            // [MQTT-3.1.3-8]: "identifier rejected".
-            Self::InvalidUtf8(StringField::ClientId) | Self::NulInString(StringField::ClientId) => {
-                Some(2)
-            }
-            _ => None,
-        }
-    }
-}
-
 /// Decodes one packet from the front of `buf`, consuming exactly its bytes. Ok(None) = need more
 /// bytes (nothing consumed).
 ///
@@ -302,7 +334,7 @@ pub fn decode(buf: &mut BytesMut, max_packet_bytes: usize) -> Result<Option<Pack
             }
             Packet::ConnAck(ConnAck {
                 session_present: flags == 1,
-                code: body.u8()?,
+                code: ConnectReturnCode::from(body.u8()?),
             })
         }
         PUBLISH => Packet::Publish(decode_publish(first, body)?),
@@ -407,7 +439,7 @@ pub fn encode(packet: &Packet, buf: &mut BytesMut) {
         }
         Packet::ConnAck(ack) => {
             buf.put_u8(u8::from(ack.session_present));
-            buf.put_u8(ack.code);
+            buf.put_u8(u8::from(ack.code));
         }
         Packet::Publish(publish) => {
             debug_assert_eq!(
@@ -777,6 +809,7 @@ fn body_len(packet: &Packet) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mqtt::refusal::Refusal;
 
     /// The password paho sent in the captured CONNECT: a JWT-shaped string (not a valid token).
     const JWT: &str = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJpYXQiOjE3MDAwMDAwMDAsImV4cCI6MTcwMDAwMzYwMCwiYXVkIjoicCJ9.c2ln";
@@ -846,7 +879,7 @@ mod tests {
             let filters = filters.iter().map(|(f, q)| (f.to_string(), *q)).collect();
             Packet::Subscribe(Subscribe { packet_id, filters })
         };
-        let connack = |session_present, code| Packet::ConnAck(ConnAck { session_present, code });
+        let connack = |session_present, code: u8| Packet::ConnAck(ConnAck { session_present, code: code.into() });
         let (q0, q1, q2) = (QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce);
         vec![
             ("connect, minimal", b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x3c\x00\x00".to_vec(), Packet::Connect(connect(""))),
@@ -857,6 +890,7 @@ mod tests {
             ("connack accepted", b"\x20\x02\x00\x00".to_vec(), connack(false, 0)),
             ("connack session present", b"\x20\x02\x01\x00".to_vec(), connack(true, 0)),
             ("connack refused 5", b"\x20\x02\x00\x05".to_vec(), connack(false, 5)),
+            ("connack reserved code", b"\x20\x02\x00\x06".to_vec(), connack(false, 6)),
             ("publish qos 0", b"\x30\x07\x00\x03a/bhi".to_vec(), Packet::Publish(publish(q0, "a/b", None, b"hi"))),
             ("publish qos 1 dup retain", b"\x3b\x09\x00\x03a/b\x00\x0ahi".to_vec(), Packet::Publish(qos1_dup_retain)),
             ("publish qos 2, empty payload", b"\x34\x07\x00\x03a/b\x12\x34".to_vec(), Packet::Publish(publish(q2, "a/b", Some(0x1234), b""))),
@@ -997,9 +1031,8 @@ mod tests {
     #[test]
     fn connect_errors_map_to_connack_codes() {
         let code = |input: &[u8]| {
-            decode(&mut BytesMut::from(input), DEFAULT_MAX_PACKET_BYTES)
-                .unwrap_err()
-                .connack_code()
+            let error = decode(&mut BytesMut::from(input), DEFAULT_MAX_PACKET_BYTES).unwrap_err();
+            Refusal::of_decode_error(&error).map(|r| u8::from(r.code()))
         };
         assert_eq!(code(MOSQUITTO_CONNECT_3_1), Some(1));
         assert_eq!(code(MOSQUITTO_CONNECT_5), Some(1));
