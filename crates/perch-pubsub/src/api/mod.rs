@@ -4,7 +4,9 @@
 
 mod convert;
 pub mod grpc;
+mod iam;
 pub mod rest;
+mod streaming;
 
 use perch_core::ErrorCode;
 
