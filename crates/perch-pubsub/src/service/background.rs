@@ -99,7 +99,7 @@ impl PubsubService {
 
     /// Drops whole log segments nothing needs any more, and streams nothing refers to.
     pub async fn apply_retention(&self) -> Result<()> {
-        let now = Utc::now();
+        let now = self.now();
         let log = self.inner.log.clone();
         // Listed before anything else is read: a stream made after this is not touched, and one
         // made before it belongs to a topic that is by now in `topics` or still in `creating`.

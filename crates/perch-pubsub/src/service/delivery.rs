@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use perch_store::log::{NewMessage, StoredMessage};
 use tokio::sync::watch;
@@ -54,7 +54,7 @@ impl PubsubService {
                 max_bytes,
                 deadline,
             };
-            state.take(Instant::now(), want, head, &mut read)
+            state.take(self.instant(), want, head, &mut read)
         };
         if !taken.dead_letters.is_empty()
             && let Some(policy) = dead_letter
@@ -197,7 +197,7 @@ impl PubsubService {
         }
         let sub = self.subscription(name)?;
         let ids = self.parse_ack_ids(&sub, ack_ids)?;
-        let now = Instant::now();
+        let now = self.instant();
         let mut refused = Vec::new();
         {
             let mut state = sub.state.lock().map_err(poisoned)?;
@@ -315,7 +315,7 @@ impl Stream {
 impl Drop for Stream {
     fn drop(&mut self) {
         if let Ok(mut state) = self.sub.state.lock() {
-            state.drop_stream(self.id, Instant::now());
+            state.drop_stream(self.id, self.service.instant());
         }
         self.sub.changed.notify_waiters();
     }

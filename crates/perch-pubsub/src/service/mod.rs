@@ -22,14 +22,17 @@ mod delivery;
 mod publish;
 mod snapshots;
 mod subscriptions;
+#[cfg(test)]
+mod tests;
 mod topics;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use perch_core::{ErrorCode, Rejection};
+use chrono::{DateTime, Utc};
+use perch_core::{Clock, ErrorCode, Rejection, SystemClock};
 use perch_store::log::MessageLog;
 use perch_store::pubsub::{PubsubStore, ResourceKind};
 use tokio::sync::{Notify, watch};
@@ -92,6 +95,8 @@ pub struct PubsubOptions {
     pub progress_flush_interval: Duration,
     /// How often retention is applied and unreferenced streams removed.
     pub housekeeping_interval: Duration,
+    /// Where "now" comes from: snapshot expiry, retention and ack deadlines.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Default for PubsubOptions {
@@ -100,6 +105,7 @@ impl Default for PubsubOptions {
             pull_max_wait: Duration::from_secs(10),
             progress_flush_interval: Duration::from_millis(50),
             housekeeping_interval: Duration::from_secs(10),
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -343,6 +349,16 @@ impl PubsubService {
 
     pub(crate) fn push_client(&self) -> &push::PushClient {
         &self.inner.push
+    }
+
+    /// Wall-clock now, from the service's clock.
+    fn now(&self) -> DateTime<Utc> {
+        self.inner.options.clock.now()
+    }
+
+    /// Monotonic now, from the service's clock: what leases and backoffs are measured in.
+    fn instant(&self) -> Instant {
+        self.inner.options.clock.instant()
     }
 
     /// Every subscription, taken out of the map so that no map lock is held while they are used.

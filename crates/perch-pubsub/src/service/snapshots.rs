@@ -71,7 +71,7 @@ impl PubsubService {
             name: name.to_owned(),
             topic: c.topic.clone(),
             topic_uid: c.topic_uid,
-            expire_time: Utc::now() + SNAPSHOT_MAX_AGE,
+            expire_time: self.now() + SNAPSHOT_MAX_AGE,
             labels,
             floor: progress.floor,
             acked: progress.acked,
