@@ -7,10 +7,10 @@ use std::collections::HashMap;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
-use perch_core::ErrorCode;
+use perch_api::status_response;
 use perch_proto::google::iam::v1 as iam;
 use perch_proto::pubsub as pb;
 use perch_proto::pubsub::publisher_server::Publisher;
@@ -40,16 +40,6 @@ pub fn router(api: PubsubApi) -> Router {
             REST_MAX_REQUEST_BYTES + 1,
         ))
         .with_state(api)
-}
-
-fn status_response(status: &Status) -> Response {
-    let code = ErrorCode::from_grpc_code(status.code() as i32);
-    let body = serde_json::json!({
-        "error": { "code": code.http_status(), "message": status.message(), "status": code.as_str() }
-    });
-    let http =
-        StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (http, axum::Json(body)).into_response()
 }
 
 fn json<T: Serialize>(value: &T) -> Response {

@@ -409,9 +409,3 @@ async fn load_subscriptions(
     }
     Ok(subscriptions)
 }
-
-/// Resolves once `shutdown` says stop (without holding the channel's lock across awaits); a
-/// dropped sender counts as stop.
-pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|s| *s).await;
-}
