@@ -209,61 +209,83 @@ async fn handle_stream_request(
             "modifyDeadlineSeconds and modifyDeadlineAckIds must have the same length",
         ));
     }
-    let mut ack_confirm = None;
-    let mut modack_confirm = None;
-    if !req.ack_ids.is_empty() {
-        let refused = service.acknowledge(name, &req.ack_ids).map_err(to_status)?;
-        if exactly_once {
-            service.persist_acks().await.map_err(to_status)?;
-            ack_confirm = Some(pb::streaming_pull_response::AcknowledgeConfirmation {
-                ack_ids: req
-                    .ack_ids
-                    .iter()
-                    .filter(|id| !refused.contains(id))
-                    .cloned()
-                    .collect(),
-                invalid_ack_ids: refused,
-                ..Default::default()
-            });
-        }
-    }
-    if !req.modify_deadline_ack_ids.is_empty() {
-        let mut by_seconds: HashMap<i32, Vec<String>> = HashMap::new();
-        for (id, secs) in req
-            .modify_deadline_ack_ids
-            .iter()
-            .zip(&req.modify_deadline_seconds)
-        {
-            if *secs < 0 {
-                return Err(Status::invalid_argument(format!(
-                    "modifyDeadlineSeconds must not be negative, got {secs}"
-                )));
-            }
-            by_seconds.entry(*secs).or_default().push(id.clone());
-        }
-        let mut refused_all = Vec::new();
-        for (secs, ids) in by_seconds {
-            refused_all.extend(
-                service
-                    .modify_ack_deadline(name, &ids, secs.min(ACK_DEADLINE_MAX_SECONDS))
-                    .map_err(to_status)?,
-            );
-        }
-        if exactly_once {
-            modack_confirm = Some(pb::streaming_pull_response::ModifyAckDeadlineConfirmation {
-                ack_ids: req
-                    .modify_deadline_ack_ids
-                    .iter()
-                    .filter(|id| !refused_all.contains(id))
-                    .cloned()
-                    .collect(),
-                invalid_ack_ids: refused_all,
-                ..Default::default()
-            });
-        }
-    }
+    let ack_confirm = if req.ack_ids.is_empty() {
+        None
+    } else {
+        stream_acks(service, name, &req.ack_ids, exactly_once).await?
+    };
+    let modack_confirm = if req.modify_deadline_ack_ids.is_empty() {
+        None
+    } else {
+        stream_deadlines(service, name, req, exactly_once)?
+    };
     Ok(
         (ack_confirm.is_some() || modack_confirm.is_some())
             .then_some((ack_confirm, modack_confirm)),
     )
+}
+
+/// Applies a stream request's acks; exactly-once: confirms them once they are on disk.
+async fn stream_acks(
+    service: &PubsubService,
+    name: &str,
+    ack_ids: &[String],
+    exactly_once: bool,
+) -> Result<Option<pb::streaming_pull_response::AcknowledgeConfirmation>, Status> {
+    let refused = service.acknowledge(name, ack_ids).map_err(to_status)?;
+    if !exactly_once {
+        return Ok(None);
+    }
+    service.persist_acks().await.map_err(to_status)?;
+    Ok(Some(pb::streaming_pull_response::AcknowledgeConfirmation {
+        ack_ids: accepted(ack_ids, &refused),
+        invalid_ack_ids: refused,
+        ..Default::default()
+    }))
+}
+
+/// Applies a stream request's deadline changes, grouped by deadline; exactly-once: confirms
+/// them.
+fn stream_deadlines(
+    service: &PubsubService,
+    name: &str,
+    req: &pb::StreamingPullRequest,
+    exactly_once: bool,
+) -> Result<Option<pb::streaming_pull_response::ModifyAckDeadlineConfirmation>, Status> {
+    let mut by_seconds: HashMap<i32, Vec<String>> = HashMap::new();
+    for (id, secs) in req
+        .modify_deadline_ack_ids
+        .iter()
+        .zip(&req.modify_deadline_seconds)
+    {
+        if *secs < 0 {
+            return Err(Status::invalid_argument(format!(
+                "modifyDeadlineSeconds must not be negative, got {secs}"
+            )));
+        }
+        by_seconds.entry(*secs).or_default().push(id.clone());
+    }
+    let mut refused = Vec::new();
+    for (secs, ids) in by_seconds {
+        refused.extend(
+            service
+                .modify_ack_deadline(name, &ids, secs.min(ACK_DEADLINE_MAX_SECONDS))
+                .map_err(to_status)?,
+        );
+    }
+    Ok(exactly_once.then(
+        || pb::streaming_pull_response::ModifyAckDeadlineConfirmation {
+            ack_ids: accepted(&req.modify_deadline_ack_ids, &refused),
+            invalid_ack_ids: refused,
+            ..Default::default()
+        },
+    ))
+}
+
+/// The ids of `ids` that are not in `refused`, in order.
+fn accepted(ids: &[String], refused: &[String]) -> Vec<String> {
+    ids.iter()
+        .filter(|id| !refused.contains(id))
+        .cloned()
+        .collect()
 }

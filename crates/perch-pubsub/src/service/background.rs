@@ -89,11 +89,8 @@ impl PubsubService {
 
     fn topic_has_subscriptions(&self, topic_uid: u64) -> Result<bool> {
         Ok(self
-            .inner
-            .subscriptions
-            .read()
-            .map_err(poisoned)?
-            .values()
+            .all_subscriptions()?
+            .iter()
             .any(|s| s.config.read().is_ok_and(|c| c.topic_uid == topic_uid)))
     }
 

@@ -361,6 +361,26 @@ impl PubsubService {
         self.inner.options.clock.instant()
     }
 
+    /// Writes a topic or snapshot through to the store, then keeps it in its map;
+    /// `create_only` refuses to replace one (ALREADY_EXISTS).
+    async fn put_resource<T: serde::Serialize + Clone>(
+        &self,
+        kind: ResourceKind,
+        map: &RwLock<BTreeMap<String, T>>,
+        name: &str,
+        value: &T,
+        create_only: bool,
+    ) -> Result<()> {
+        self.inner
+            .store
+            .put_resource(kind, name, encode(value)?, create_only)
+            .await?;
+        map.write()
+            .map_err(poisoned)?
+            .insert(name.to_owned(), value.clone());
+        Ok(())
+    }
+
     /// Every subscription, taken out of the map so that no map lock is held while they are used.
     fn all_subscriptions(&self) -> Result<Vec<Arc<Subscription>>> {
         Ok(self

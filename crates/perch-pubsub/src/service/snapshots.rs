@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use perch_store::pubsub::ResourceKind;
 
-use super::{PubsubService, SNAPSHOT_MAX_AGE, check_mask, encode, page, poisoned};
+use super::{PubsubService, SNAPSHOT_MAX_AGE, check_mask, page, poisoned};
 use crate::Result;
 use crate::config::SnapshotConfig;
 use crate::error::{failed_precondition, invalid, not_found};
@@ -76,15 +76,14 @@ impl PubsubService {
             floor: progress.floor,
             acked: progress.acked,
         };
-        self.inner
-            .store
-            .put_resource(ResourceKind::Snapshot, name, encode(&snap)?, true)
-            .await?;
-        self.inner
-            .snapshots
-            .write()
-            .map_err(poisoned)?
-            .insert(name.to_owned(), snap.clone());
+        self.put_resource(
+            ResourceKind::Snapshot,
+            &self.inner.snapshots,
+            name,
+            &snap,
+            true,
+        )
+        .await?;
         Ok(snap)
     }
 
@@ -132,15 +131,14 @@ impl PubsubService {
                 }
             }
         }
-        self.inner
-            .store
-            .put_resource(ResourceKind::Snapshot, &snap.name, encode(&snap)?, false)
-            .await?;
-        self.inner
-            .snapshots
-            .write()
-            .map_err(poisoned)?
-            .insert(snap.name.clone(), snap.clone());
+        self.put_resource(
+            ResourceKind::Snapshot,
+            &self.inner.snapshots,
+            &snap.name,
+            &snap,
+            false,
+        )
+        .await?;
         Ok(snap)
     }
 

@@ -94,15 +94,14 @@ impl PubsubService {
                 }
             }
         }
-        self.inner
-            .store
-            .put_resource(ResourceKind::Topic, &topic.name, encode(&topic)?, false)
-            .await?;
-        self.inner
-            .topics
-            .write()
-            .map_err(poisoned)?
-            .insert(topic.name.clone(), topic.clone());
+        self.put_resource(
+            ResourceKind::Topic,
+            &self.inner.topics,
+            &topic.name,
+            &topic,
+            false,
+        )
+        .await?;
         Ok(topic)
     }
 
