@@ -90,120 +90,58 @@ pub(crate) fn load(path: &Path) -> Result<AgentConfig, Vec<String>> {
 
 /// Parses `text` (the file named `file`), resolving relative paths against `base`.
 pub(crate) fn parse(text: &str, file: &str, base: &Path) -> Result<AgentConfig, Vec<String>> {
-    let mut errors = Vec::new();
-    let mut values: HashMap<String, String> = HashMap::new();
-    for (number, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let Some((key, value)) = line.split_once('=') else {
-            errors.push(format!(
-                "{file}: line {}: expected `KEY = VALUE`",
-                number + 1
-            ));
-            continue;
-        };
-        let key = key.trim().to_ascii_uppercase();
-        if !KNOWN_KEYS.contains(&key.as_str()) {
-            errors.push(format!(
-                "{file}: unknown key {key} (line {}); known keys: {}",
-                number + 1,
-                KNOWN_KEYS.join(", ")
-            ));
-            continue;
-        }
-        if values.insert(key.clone(), clean_value(value)).is_some() {
-            errors.push(format!("{file}: {key} is set twice (line {})", number + 1));
-        }
-    }
-
-    let take = |key: &str| values.get(key).filter(|v| !v.is_empty()).cloned();
-    let required = |key: &str, errors: &mut Vec<String>| {
-        let value = take(key);
-        if value.is_none() {
-            errors.push(format!("{file}: {key} is missing"));
-        }
-        value.unwrap_or_default()
+    let mut f = Fields {
+        file,
+        base,
+        values: HashMap::new(),
+        errors: Vec::new(),
     };
-    let project = required("PROJECT_ID", &mut errors);
-    let region = required("REGION", &mut errors);
-    let registry = required("REGISTRY_ID", &mut errors);
-    let resolve = |p: String| base.join(p);
-    let bootstrap = match (take("BOOTSTRAP_KEY"), take("BOOTSTRAP_ID")) {
-        (Some(key), Some(id)) => Some(BootstrapConfig {
-            key: resolve(key),
-            id,
-        }),
-        (None, None) => None,
-        (Some(_), None) => {
-            errors.push(format!(
-                "{file}: BOOTSTRAP_ID is missing (BOOTSTRAP_KEY is set)"
-            ));
-            None
-        }
-        (None, Some(_)) => {
-            errors.push(format!(
-                "{file}: BOOTSTRAP_KEY is missing (BOOTSTRAP_ID is set)"
-            ));
-            None
-        }
-    };
+    f.read(text);
+    let project = f.required("PROJECT_ID");
+    let region = f.required("REGION");
+    let registry = f.required("REGISTRY_ID");
+    let bootstrap = f.bootstrap();
     // With a bootstrap credential the device id may come from provisioning (or the id file it
     // left); without one the device must be named, as before.
-    let device = if take("BOOTSTRAP_KEY").is_some() || take("BOOTSTRAP_ID").is_some() {
-        take("DEVICE_ID")
+    let device = if f.take("BOOTSTRAP_KEY").is_some() || f.take("BOOTSTRAP_ID").is_some() {
+        f.take("DEVICE_ID")
     } else {
-        Some(required("DEVICE_ID", &mut errors))
+        Some(f.required("DEVICE_ID"))
     };
-    let host = required("MQTT_HOST", &mut errors);
-    let ca = base.join(required("GOOGLE_ROOT_CERT", &mut errors));
-
-    let private_key = match (take("KEY_PATH"), take("PRIVATE_KEY")) {
-        (Some(dir), Some(file)) => resolve(dir).join(file),
-        (Some(one), None) | (None, Some(one)) => resolve(one),
-        (None, None) => {
-            errors.push(format!("{file}: PRIVATE_KEY (or KEY_PATH) is missing"));
-            PathBuf::new()
-        }
-    };
-    let algorithm = match take("ALGORITHM") {
+    let host = f.required("MQTT_HOST");
+    let ca = base.join(f.required("GOOGLE_ROOT_CERT"));
+    let private_key = f.private_key();
+    let algorithm = match f.take("ALGORITHM") {
         None => Algorithm::Es256,
         Some(a) => a.parse().unwrap_or_else(|e| {
-            errors.push(format!("{file}: ALGORITHM {e}"));
+            f.error(format!("ALGORITHM {e}"));
             Algorithm::Es256
         }),
     };
-    let port = match take("MQTT_PORT") {
-        None => DEFAULT_MQTT_PORT,
-        Some(p) => match p.parse::<u16>() {
-            Ok(port) if port > 0 => port,
-            _ => {
-                errors.push(format!(
-                    "{file}: MQTT_PORT `{p}` is not a port number (1-65535)"
-                ));
-                0
-            }
-        },
-    };
-    let subfolder = take("SUBFOLDER").unwrap_or_else(|| DEFAULT_SUBFOLDER.into());
+    let port = f.number(
+        "MQTT_PORT",
+        DEFAULT_MQTT_PORT,
+        |p| *p > 0,
+        |p| format!("MQTT_PORT `{p}` is not a port number (1-65535)"),
+    );
+    let subfolder = f
+        .take("SUBFOLDER")
+        .unwrap_or_else(|| DEFAULT_SUBFOLDER.into());
     if subfolder.contains(['+', '#']) || subfolder.starts_with('/') || subfolder.len() > 256 {
-        errors.push(format!(
-            "{file}: SUBFOLDER `{subfolder}` is not a valid subfolder (no `+`, `#`, leading `/`; at most 256 bytes)"
+        f.error(format!(
+            "SUBFOLDER `{subfolder}` is not a valid subfolder (no `+`, `#`, leading `/`; at most 256 bytes)"
         ));
     }
-    let queue_max_readings = match take("QUEUE_MAX_READINGS") {
-        None => DEFAULT_QUEUE_MAX_READINGS,
-        Some(n) => match n.parse::<usize>() {
-            Ok(n) if (1..=QUEUE_MAX_READINGS_CAP).contains(&n) => n,
-            _ => {
-                errors.push(format!(
-                    "{file}: QUEUE_MAX_READINGS `{n}` must be a whole number from 1 to {QUEUE_MAX_READINGS_CAP}"
-                ));
-                0
-            }
+    let queue_max_readings = f.number(
+        "QUEUE_MAX_READINGS",
+        DEFAULT_QUEUE_MAX_READINGS,
+        |n| (1..=QUEUE_MAX_READINGS_CAP).contains(n),
+        |n| {
+            format!(
+                "QUEUE_MAX_READINGS `{n}` must be a whole number from 1 to {QUEUE_MAX_READINGS_CAP}"
+            )
         },
-    };
+    );
     let bootstrap_id = bootstrap.as_ref().map(|b| b.id.as_str());
     for (key, value) in [
         ("DEVICE_ID", device.as_deref()),
@@ -211,16 +149,16 @@ pub(crate) fn parse(text: &str, file: &str, base: &Path) -> Result<AgentConfig, 
         ("BOOTSTRAP_ID", bootstrap_id),
     ] {
         if let Some(value) = value.filter(|v| v.contains('/')) {
-            errors.push(format!("{file}: {key} `{value}` must not contain `/`"));
+            f.error(format!("{key} `{value}` must not contain `/`"));
         }
     }
-    let serial = take("SERIAL");
+    let serial = f.take("SERIAL");
     if let Some(serial) = serial
         .as_deref()
         .filter(|s| s.chars().any(char::is_control))
     {
-        errors.push(format!(
-            "{file}: SERIAL `{}` must not contain control characters",
+        f.error(format!(
+            "SERIAL `{}` must not contain control characters",
             serial.escape_debug()
         ));
     }
@@ -235,17 +173,138 @@ pub(crate) fn parse(text: &str, file: &str, base: &Path) -> Result<AgentConfig, 
         host,
         port,
         subfolder,
-        w1_devices_dir: take("W1_DEVICES_DIR")
-            .map_or_else(|| DEFAULT_W1_DEVICES_DIR.into(), resolve),
-        queue_dir: resolve(take("QUEUE_DIR").unwrap_or_else(|| DEFAULT_QUEUE_DIR.into())),
+        w1_devices_dir: f
+            .take("W1_DEVICES_DIR")
+            .map_or_else(|| DEFAULT_W1_DEVICES_DIR.into(), |p| base.join(p)),
+        queue_dir: base.join(
+            f.take("QUEUE_DIR")
+                .unwrap_or_else(|| DEFAULT_QUEUE_DIR.into()),
+        ),
         queue_max_readings,
         bootstrap,
         serial,
     };
-    if errors.is_empty() {
+    if f.errors.is_empty() {
         Ok(config)
     } else {
-        Err(errors)
+        Err(f.errors)
+    }
+}
+
+/// The `KEY = VALUE` pairs of one config file and the errors found so far, each prefixed with
+/// the file's name.
+struct Fields<'a> {
+    file: &'a str,
+    base: &'a Path,
+    values: HashMap<String, String>,
+    errors: Vec<String>,
+}
+
+impl Fields<'_> {
+    /// Reads every line: blank lines and `#` comments are skipped; unknown and repeated keys
+    /// and lines without `=` are errors.
+    fn read(&mut self, text: &str) {
+        let file = self.file;
+        for (number, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((key, value)) = line.split_once('=') else {
+                self.errors.push(format!(
+                    "{file}: line {}: expected `KEY = VALUE`",
+                    number + 1
+                ));
+                continue;
+            };
+            let key = key.trim().to_ascii_uppercase();
+            if !KNOWN_KEYS.contains(&key.as_str()) {
+                self.errors.push(format!(
+                    "{file}: unknown key {key} (line {}); known keys: {}",
+                    number + 1,
+                    KNOWN_KEYS.join(", ")
+                ));
+                continue;
+            }
+            if self
+                .values
+                .insert(key.clone(), clean_value(value))
+                .is_some()
+            {
+                self.errors
+                    .push(format!("{file}: {key} is set twice (line {})", number + 1));
+            }
+        }
+    }
+
+    fn error(&mut self, message: String) {
+        self.errors.push(format!("{}: {message}", self.file));
+    }
+
+    /// The value of `key`, unless unset or empty.
+    fn take(&self, key: &str) -> Option<String> {
+        self.values.get(key).filter(|v| !v.is_empty()).cloned()
+    }
+
+    /// The value of `key`; an error (and "") when it is missing.
+    fn required(&mut self, key: &str) -> String {
+        let value = self.take(key);
+        if value.is_none() {
+            self.error(format!("{key} is missing"));
+        }
+        value.unwrap_or_default()
+    }
+
+    /// A number: `default` when unset; an error (and 0) when it does not parse or `valid`
+    /// refuses it.
+    fn number<T: std::str::FromStr + Default>(
+        &mut self,
+        key: &str,
+        default: T,
+        valid: impl Fn(&T) -> bool,
+        describe: impl Fn(&str) -> String,
+    ) -> T {
+        let Some(text) = self.take(key) else {
+            return default;
+        };
+        match text.parse::<T>() {
+            Ok(n) if valid(&n) => n,
+            _ => {
+                self.error(describe(&text));
+                T::default()
+            }
+        }
+    }
+
+    /// BOOTSTRAP_KEY and BOOTSTRAP_ID: both or neither.
+    fn bootstrap(&mut self) -> Option<BootstrapConfig> {
+        match (self.take("BOOTSTRAP_KEY"), self.take("BOOTSTRAP_ID")) {
+            (Some(key), Some(id)) => Some(BootstrapConfig {
+                key: self.base.join(key),
+                id,
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                self.error("BOOTSTRAP_ID is missing (BOOTSTRAP_KEY is set)".into());
+                None
+            }
+            (None, Some(_)) => {
+                self.error("BOOTSTRAP_KEY is missing (BOOTSTRAP_ID is set)".into());
+                None
+            }
+        }
+    }
+
+    /// PRIVATE_KEY, joined to KEY_PATH when both are set (the IoT Core samples' pair).
+    fn private_key(&mut self) -> PathBuf {
+        match (self.take("KEY_PATH"), self.take("PRIVATE_KEY")) {
+            (Some(dir), Some(file)) => self.base.join(dir).join(file),
+            (Some(one), None) | (None, Some(one)) => self.base.join(one),
+            (None, None) => {
+                self.error("PRIVATE_KEY (or KEY_PATH) is missing".into());
+                PathBuf::new()
+            }
+        }
     }
 }
 

@@ -1,8 +1,9 @@
 //! Device JWTs (SPEC.md §3): `{"aud": project, "iat", "exp"}` signed ES256 (raw `R‖S`) or
 //! RS256 with the device's private key, as the IoT Core samples mint them.
 //!
-//! The key is parsed once into a [`SigningKey`]; each (re)connect signs a fresh token. The
-//! signing code mirrors `perch_registry::auth::sign_device_jwt` (the agent links no server code).
+//! The key is parsed once into a [`SigningKey`]; each (re)connect signs a fresh token. This is
+//! Perch's one JWT signer: the registry verifies tokens and signs none (its tests, the agent and
+//! the bench sign with this). Also the PEM encoding the registry uses for keys it makes.
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -149,10 +150,17 @@ impl SigningKey {
             r#"{{"aud":{},"iat":{iat},"exp":{exp}}}"#,
             json_string(project)
         );
+        self.sign_compact(header, &claims)
+    }
+
+    /// Builds `header.claims.signature` from the two JSON texts as given, signing with this
+    /// key's algorithm whatever `header` says: [`SigningKey::sign_jwt`]'s last step, and for
+    /// tests that need tokens a verifier must refuse.
+    pub fn sign_compact(&self, header_json: &str, claims_json: &str) -> Result<String> {
         let input = format!(
             "{}.{}",
-            URL_SAFE_NO_PAD.encode(header),
-            URL_SAFE_NO_PAD.encode(claims)
+            URL_SAFE_NO_PAD.encode(header_json),
+            URL_SAFE_NO_PAD.encode(claims_json)
         );
         let signature = self.sign(input.as_bytes())?;
         Ok(format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature)))
@@ -197,8 +205,9 @@ const P256_SPKI_PREFIX: &[u8] = &[
     0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
 ];
 
-/// `der` as a PEM block with 64-column lines.
-fn pem(label: &str, der: &[u8]) -> String {
+/// `der` as a PEM block with 64-column lines (also the registry's, for keys it makes or reads
+/// out of a CSR).
+pub fn pem(label: &str, der: &[u8]) -> String {
     let b64 = STANDARD.encode(der);
     let mut out = format!("-----BEGIN {label}-----\n");
     for chunk in b64.as_bytes().chunks(64) {
@@ -355,6 +364,11 @@ VG/ztSR6HV33Nw+PtPXAJ4HvDgCeJ/GveA==\n\
             "no '-----BEGIN PRIVATE KEY-----'",
         );
         check(
+            "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n-----END PUBLIC KEY-----\n",
+            Algorithm::Es256,
+            "no '-----BEGIN PRIVATE KEY-----'",
+        );
+        check(
             "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n",
             Algorithm::Es256,
             "encrypted",
@@ -396,5 +410,24 @@ VG/ztSR6HV33Nw+PtPXAJ4HvDgCeJ/GveA==\n\
         assert_eq!("es256".parse::<Algorithm>(), Ok(Algorithm::Es256));
         assert_eq!("RS256".parse::<Algorithm>(), Ok(Algorithm::Rs256));
         assert!("HS256".parse::<Algorithm>().is_err());
+    }
+
+    #[test]
+    fn compact_tokens_carry_the_header_and_claims_as_given() {
+        let (pem, public) = pkcs8_pem();
+        let key = SigningKey::from_pem(pem.as_bytes(), Algorithm::Es256).unwrap();
+        let token = key
+            .sign_compact(r#"{"alg":"none"}"#, r#"{"aud":7}"#)
+            .unwrap();
+        let parts: Vec<&str> = token.split('.').collect();
+        assert_eq!(
+            URL_SAFE_NO_PAD.decode(parts[0]).unwrap(),
+            br#"{"alg":"none"}"#
+        );
+        assert_eq!(URL_SAFE_NO_PAD.decode(parts[1]).unwrap(), br#"{"aud":7}"#);
+        let signature = URL_SAFE_NO_PAD.decode(parts[2]).unwrap();
+        UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, &public)
+            .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &signature)
+            .unwrap();
     }
 }

@@ -18,6 +18,6 @@ mod service;
 
 pub use error::{Error, Result};
 pub use service::{
-    COMMAND_DATA_MAX_BYTES, DeviceListQuery, DevicePatch, DeviceUpdateField, GatewayListOption,
-    RegistryPatch, RegistryService, RegistryServiceOptions, RegistryUpdateField,
+    Bookkeeping, COMMAND_DATA_MAX_BYTES, DeviceListQuery, DevicePatch, DeviceUpdateField,
+    GatewayListOption, RegistryPatch, RegistryService, RegistryServiceOptions, RegistryUpdateField,
 };

@@ -34,6 +34,24 @@ pub fn encode(last: &str, query: &str) -> String {
     URL_SAFE_NO_PAD.encode(serde_json::to_vec(&token).unwrap_or_default())
 }
 
+/// Cuts a page read with one item more than `limit` back to `limit`, and returns the token for
+/// the page after it (empty when the extra item is absent: this page is the last).
+pub fn next_token<T>(
+    items: &mut Vec<T>,
+    limit: usize,
+    key: impl Fn(&T) -> &str,
+    query: &str,
+) -> String {
+    if items.len() <= limit {
+        return String::new();
+    }
+    items.truncate(limit);
+    items
+        .last()
+        .map(|last| encode(key(last), query))
+        .unwrap_or_default()
+}
+
 /// The position a token continues from; `None` for an empty token (the first page).
 pub fn decode(token: &str, query: &str) -> Result<Option<String>, Rejection> {
     if token.is_empty() {
@@ -79,5 +97,17 @@ mod tests {
                 .contains("'not-a-token!'")
         );
         assert!(decode("e30", &q).is_err());
+    }
+
+    #[test]
+    fn a_page_with_its_extra_item_has_a_next_token() {
+        let q = fingerprint(&["p"]);
+        let mut items = vec!["a", "b", "c"];
+        let token = next_token(&mut items, 2, |s| s, &q);
+        assert_eq!(items, ["a", "b"]);
+        assert_eq!(decode(&token, &q).unwrap().as_deref(), Some("b"));
+        let mut last = vec!["a", "b"];
+        assert_eq!(next_token(&mut last, 2, |s| s, &q), "");
+        assert_eq!(last, ["a", "b"]);
     }
 }

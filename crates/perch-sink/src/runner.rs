@@ -5,9 +5,11 @@
 //! ignores what it already holds.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use perch_core::ErrorCode;
+use perch_core::clock::{Clock, SystemClock};
 use perch_pubsub::PubsubService;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -33,6 +35,8 @@ pub struct Sink {
     store: TelemetryStore,
     /// Rows older than this are deleted (None: kept forever).
     retention: Option<Duration>,
+    /// What "older" is measured from.
+    clock: Arc<dyn Clock>,
 }
 
 impl Sink {
@@ -41,7 +45,14 @@ impl Sink {
             pubsub,
             store,
             retention: None,
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// Measures retention from `clock` (the system clock by default).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Sink {
+        self.clock = clock;
+        self
     }
 
     /// Deletes telemetry and anomalies older than `retention`, at start and every hour.
@@ -58,7 +69,8 @@ impl Sink {
             return;
         };
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || match store.purge_before(chrono::Utc::now() - age) {
+        let cutoff = self.clock.now() - age;
+        tokio::task::spawn_blocking(move || match store.purge_before(cutoff) {
             Ok(p) if p == Default::default() => {}
             Ok(p) => tracing::info!(
                 rows = p.rows,

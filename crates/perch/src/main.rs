@@ -1,5 +1,6 @@
 //! `perch`: the server (`perch serve`) and the gcloud-shaped CLI (`perch iot …`).
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,7 +35,12 @@ enum Command {
     /// The telemetry sink: which topics it keeps, and queries of what it stored
     Telemetry(perch::cli::telemetry::TelemetryArgs),
     /// Benchmarks and load generators
-    Bench(perch::bench::BenchArgs),
+    #[command(disable_help_flag = true)]
+    Bench {
+        /// Arguments for the perch-bench binary (next to perch), which runs them
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -254,7 +260,7 @@ async fn main() -> ExitCode {
         Command::Pubsub(args) => perch::cli::pubsub::run(args).await,
         Command::Provision(args) => perch::cli::provision::run(args).await,
         Command::Telemetry(args) => perch::cli::telemetry::run(args).await,
-        Command::Bench(args) => perch::bench::run(args).await,
+        Command::Bench { args } => Err(perch::bench_shim::exec(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,23 +3,28 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use perch_bridge::{Bridge, BridgeOptions};
-use perch_core::SystemClock;
+use perch_core::{Clock, SystemClock};
 use perch_pubsub::api::grpc::PubsubApi;
 use perch_pubsub::{PubsubOptions, PubsubService};
 use perch_registry::api::grpc::DeviceManagerApi;
 use perch_registry::{RegistryService, RegistryServiceOptions};
 use perch_store::embedded::{EmbeddedPubsubStore, EmbeddedRegistryStore, SegmentLog};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin::{self, AdminAuth};
 use crate::datadir::{DataDir, Endpoints};
+use crate::fd_limit::fit_to_fd_limit;
+pub use crate::fd_limit::{FD_RESERVE, connections_per_listener, raise_fd_limit};
 use crate::http_server::HttpLimits;
+use crate::tls::TlsMaterial;
 use crate::{http_server, tls};
 
 /// What `perch serve` was asked to do (flags already validated).
@@ -44,77 +49,6 @@ pub struct ServeConfig {
     pub http: HttpLimits,
 }
 
-/// File descriptors kept back from client connections for the stores, log segments, the
-/// telemetry database and the runtime (default 128): listener caps are lowered at start-up so
-/// that all connections together stay below `RLIMIT_NOFILE` minus this.
-pub const FD_RESERVE: u64 = 128;
-
-/// Raises the soft `RLIMIT_NOFILE` to the hard limit and returns the resulting soft limit
-/// (None when it cannot be read, e.g. unlimited).
-pub fn raise_fd_limit() -> Option<u64> {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    let limit = getrlimit(Resource::Nofile);
-    if let (Some(current), Some(maximum)) = (limit.current, limit.maximum)
-        && maximum > current
-    {
-        let raised = Rlimit {
-            current: Some(maximum),
-            maximum: Some(maximum),
-        };
-        if let Err(e) = setrlimit(Resource::Nofile, raised) {
-            tracing::warn!(error = %e, current, maximum, "cannot raise the open-file limit");
-        }
-    }
-    getrlimit(Resource::Nofile).current
-}
-
-/// The most connections one listener may hold so that `listeners` listeners together stay
-/// below `fd_limit` minus [`FD_RESERVE`] (at least 1).
-pub fn connections_per_listener(fd_limit: u64, listeners: u64) -> usize {
-    let share = fd_limit.saturating_sub(FD_RESERVE) / listeners.max(1);
-    usize::try_from(share.max(1)).unwrap_or(usize::MAX)
-}
-
-/// Lowers one connection cap to `share`, with a warning, if it is higher.
-fn lower_to(cap: &mut usize, share: usize, fd_limit: u64, what: &str) {
-    if *cap > share {
-        tracing::warn!(
-            fd_limit,
-            configured = *cap,
-            max_connections = share,
-            "lowering the {what} connection cap to fit the open-file limit"
-        );
-        *cap = share;
-    }
-}
-
-/// Lowers the listeners' connection caps to fit the process's open-file limit, and logs the
-/// resulting capacity.
-fn fit_to_fd_limit(config: &mut ServeConfig, listeners: &Listeners) {
-    let Some(fd_limit) = rustix::process::getrlimit(rustix::process::Resource::Nofile).current
-    else {
-        return;
-    };
-    let mqtt = listeners.mqtt.is_some() || listeners.mqtt_plain.is_some();
-    let count = 2 + u64::from(mqtt) + u64::from(listeners.device_http.is_some());
-    let share = connections_per_listener(fd_limit, count);
-    lower_to(
-        &mut config.http.max_connections,
-        share,
-        fd_limit,
-        "HTTP listeners'",
-    );
-    if mqtt {
-        lower_to(&mut config.bridge.max_connections, share, fd_limit, "MQTT");
-    }
-    tracing::info!(
-        fd_limit,
-        http_max_connections = config.http.max_connections,
-        mqtt_max_connections = config.bridge.max_connections,
-        "connection capacity (per listener)"
-    );
-}
-
 /// Listeners bound by the caller (port 0 in tests). The device listeners are optional so that
 /// admin-only tests need not bind them.
 #[derive(Debug)]
@@ -131,6 +65,28 @@ pub struct Listeners {
 
 fn is_loopback(addr: &SocketAddr) -> bool {
     addr.ip().is_loopback()
+}
+
+/// The services a running server is made of, and the background tasks they started.
+struct Services {
+    devices: DeviceManagerApi,
+    pubsub: PubsubService,
+    pubsub_api: PubsubApi,
+    telemetry: perch_sink::TelemetryStore,
+    bridge: Bridge,
+    /// The telemetry sink and the provisioning-decision purge, stopped with the listeners.
+    background: Vec<JoinHandle<()>>,
+}
+
+/// Where the listeners serve, for `endpoints.json`, and the tasks that serve them.
+struct Serving {
+    endpoints: Endpoints,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Resolves once `stop` turns true.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
 }
 
 /// Runs a server on an open data dir until `shutdown` resolves. Writes `endpoints.json` once
@@ -154,20 +110,107 @@ pub async fn serve(
         AdminAuth::Token(data_dir.admin_token()?.into())
     };
 
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut services = open_services(&config, &data_dir, &material, &stop_rx).await?;
+    let pubsub = services.pubsub.clone();
+    let background = std::mem::take(&mut services.background);
+    let serving = start_listeners(&config, listeners, services, auth, (&cert, &key), &stop_rx)?;
+
+    // Files start-up created with the default umask (certificates) become private too.
+    data_dir.tighten_quietly();
+    data_dir.write_endpoints(&Endpoints {
+        ca: material.ca_pem.display().to_string(),
+        ..serving.endpoints
+    })?;
+    tracing::info!(data_dir = %data_dir.path().display(), "perch is ready");
+
+    shutdown.await;
+    tracing::info!("shutting down: no new connections, draining requests");
+    let _ = stop_tx.send(true);
+    for t in serving.tasks.into_iter().chain(background) {
+        let _ = t.await;
+    }
+    // Acks taken while draining are written before we exit.
+    if let Err(e) = pubsub.flush_progress().await {
+        tracing::error!(error = %e, "could not save acknowledgement progress; acked messages may be redelivered");
+    }
+    data_dir.remove_endpoints();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Opens the stores in `data_dir` and builds the services on them; starts the telemetry sink
+/// and the provisioning-decision purge, which run until `stop`.
+async fn open_services(
+    config: &ServeConfig,
+    data_dir: &DataDir,
+    material: &TlsMaterial,
+    stop: &watch::Receiver<bool>,
+) -> Result<Services> {
+    let registry = open_registry(config, data_dir, material)?;
+    let pubsub = open_pubsub(config, data_dir, stop).await?;
+    let telemetry = perch_sink::TelemetryStore::open(&data_dir.path().join("telemetry.sqlite"))
+        .with_context(|| {
+            format!(
+                "cannot open the telemetry store in {}",
+                data_dir.path().display()
+            )
+        })?;
+    let mut background = vec![tokio::spawn(
+        perch_sink::Sink::new(pubsub.clone(), telemetry.clone())
+            .with_retention(config.telemetry_retention)
+            .run(stop.clone()),
+    )];
+    if let Some(retention) = config.provisioning.decision_retention {
+        background.push(tokio::spawn(
+            perch_registry::provisioning::ProvisioningService::new(registry.clone())
+                .run_decision_retention(retention, stop.clone()),
+        ));
+    }
+    Ok(Services {
+        devices: DeviceManagerApi::new(registry.clone()),
+        pubsub_api: PubsubApi::new(pubsub.clone()),
+        bridge: Bridge::new(
+            registry,
+            pubsub.clone(),
+            config.bridge.clone(),
+            stop.clone(),
+        ),
+        pubsub,
+        telemetry,
+        background,
+    })
+}
+
+/// The registry on its store, issuing device certificates from the data dir's CA.
+fn open_registry(
+    config: &ServeConfig,
+    data_dir: &DataDir,
+    material: &TlsMaterial,
+) -> Result<RegistryService> {
     let store = EmbeddedRegistryStore::open(&data_dir.registry_path())
         .with_context(|| format!("cannot open the registry in {}", data_dir.path().display()))?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let registry = RegistryService::new(
         Arc::new(store),
-        Arc::new(SystemClock),
+        clock.clone(),
         RegistryServiceOptions {
             provisioning: config.provisioning.clone(),
             ..Default::default()
         },
     );
-    registry.set_certificate_issuer(Arc::new(tls::DeviceCertificateIssuer::load(&material)?));
-    let devices = DeviceManagerApi::new(registry.clone());
+    registry.set_certificate_issuer(Arc::new(tls::DeviceCertificateIssuer::load(
+        material, clock,
+    )?));
+    Ok(registry)
+}
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+/// Pub/Sub on its message log and store, with every topic and subscription loaded.
+async fn open_pubsub(
+    config: &ServeConfig,
+    data_dir: &DataDir,
+    stop: &watch::Receiver<bool>,
+) -> Result<PubsubService> {
     let log = SegmentLog::open_with(
         &data_dir.path().join("pubsub").join("log"),
         config.log_segment_max_bytes,
@@ -186,138 +229,102 @@ pub async fn serve(
                     data_dir.path().display()
                 )
             })?;
-    let pubsub = PubsubService::open(
+    PubsubService::open(
         Arc::new(log),
         Arc::new(pubsub_store),
         PubsubOptions::default(),
-        stop_rx.clone(),
+        stop.clone(),
     )
     .await
-    .context("cannot load Pub/Sub topics and subscriptions")?;
-    let pubsub_api = PubsubApi::new(pubsub.clone());
-    let telemetry = perch_sink::TelemetryStore::open(&data_dir.path().join("telemetry.sqlite"))
-        .with_context(|| {
-            format!(
-                "cannot open the telemetry store in {}",
-                data_dir.path().display()
-            )
-        })?;
-    let sink_task = tokio::spawn(
-        perch_sink::Sink::new(pubsub.clone(), telemetry.clone())
-            .with_retention(config.telemetry_retention)
-            .run(stop_rx.clone()),
-    );
-    let retention_task = config.provisioning.decision_retention.map(|retention| {
-        tokio::spawn(
-            perch_registry::provisioning::ProvisioningService::new(registry.clone())
-                .run_decision_retention(retention, stop_rx.clone()),
-        )
-    });
-    let bridge = Bridge::new(
-        registry,
-        pubsub.clone(),
-        config.bridge.clone(),
-        stop_rx.clone(),
-    );
+    .context("cannot load Pub/Sub topics and subscriptions")
+}
 
+/// Serves every listener until `stop`: the admin REST and gRPC APIs, then the device bridges
+/// that were bound. The endpoints' `ca` is left for the caller to fill.
+fn start_listeners(
+    config: &ServeConfig,
+    listeners: Listeners,
+    services: Services,
+    auth: AdminAuth,
+    (cert, key): (&Path, &Path),
+    stop: &watch::Receiver<bool>,
+) -> Result<Serving> {
     let admin_addr = listeners.admin.local_addr()?;
     let grpc_addr = listeners.grpc.local_addr()?;
-    let admin_tls = tls_for(&config, admin_addr, &cert, &key, &[b"h2", b"http/1.1"])?;
-    let grpc_tls = tls_for(&config, grpc_addr, &cert, &key, &[b"h2"])?;
+    let admin_tls = tls_for(config, admin_addr, cert, key, &[b"h2", b"http/1.1"])?;
+    let grpc_tls = tls_for(config, grpc_addr, cert, key, &[b"h2"])?;
+    let Services {
+        devices,
+        pubsub_api,
+        telemetry,
+        bridge,
+        ..
+    } = services;
 
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
+    let mut tasks = vec![
+        tokio::spawn(http_server::serve(
+            "admin",
+            listeners.admin,
+            admin::rest_router(auth.clone(), devices.clone(), pubsub_api.clone(), telemetry),
+            admin_tls,
+            config.http,
+            stopped(stop.clone()),
+        )),
+        tokio::spawn(http_server::serve(
+            "grpc",
+            listeners.grpc,
+            admin::grpc_router(auth, devices, pubsub_api),
+            grpc_tls,
+            config.http,
+            stopped(stop.clone()),
+        )),
+    ];
+    let mut endpoints = Endpoints {
+        admin: admin_addr.to_string(),
+        grpc: grpc_addr.to_string(),
+        mqtt: None,
+        mqtt_plain: None,
+        device_http: None,
+        ca: String::new(),
     };
-    let admin_task = tokio::spawn(http_server::serve(
-        "admin",
-        listeners.admin,
-        admin::rest_router(auth.clone(), devices.clone(), pubsub_api.clone(), telemetry),
-        admin_tls,
-        config.http,
-        stopped(stop_rx.clone()),
-    ));
-    let grpc_task = tokio::spawn(http_server::serve(
-        "grpc",
-        listeners.grpc,
-        admin::grpc_router(auth, devices, pubsub_api),
-        grpc_tls,
-        config.http,
-        stopped(stop_rx.clone()),
-    ));
-    let mut device_tasks = Vec::new();
-    let mut mqtt_addr = None;
-    let mut mqtt_plain_addr = None;
-    let mut device_http_addr = None;
     if let Some(l) = listeners.mqtt {
         let addr = l.local_addr()?;
-        let acceptor = TlsAcceptor::from(tls::server_config(&cert, &key, &[])?);
+        let acceptor = TlsAcceptor::from(tls::server_config(cert, key, &[])?);
         let b = bridge.clone();
-        let stop = stopped(stop_rx.clone());
-        device_tasks.push(tokio::spawn(async move {
+        let stop = stopped(stop.clone());
+        tasks.push(tokio::spawn(async move {
             b.serve_mqtt("mqtt", l, Some(acceptor), stop).await
         }));
         tracing::info!(%addr, "MQTT over TLS listening");
-        mqtt_addr = Some(addr.to_string());
+        endpoints.mqtt = Some(addr.to_string());
     }
     if let Some(l) = listeners.mqtt_plain {
         let addr = l.local_addr()?;
         let b = bridge.clone();
-        let stop = stopped(stop_rx.clone());
-        device_tasks.push(tokio::spawn(async move {
+        let stop = stopped(stop.clone());
+        tasks.push(tokio::spawn(async move {
             b.serve_mqtt("mqtt_plain", l, None, stop).await
         }));
         tracing::warn!(%addr, "MQTT without TLS listening: device JWTs cross the network in clear text");
-        mqtt_plain_addr = Some(addr.to_string());
+        endpoints.mqtt_plain = Some(addr.to_string());
     }
     if let Some(l) = listeners.device_http {
         let addr = l.local_addr()?;
-        let acceptor = TlsAcceptor::from(tls::server_config(&cert, &key, &[b"http/1.1"])?);
-        let router = bridge.http_router();
-        device_tasks.push(tokio::spawn(http_server::serve(
+        let acceptor = TlsAcceptor::from(tls::server_config(cert, key, &[b"http/1.1"])?);
+        tasks.push(tokio::spawn(http_server::serve(
             "device_http",
             l,
-            router,
+            bridge.http_router(),
             Some(acceptor),
             config.http,
-            stopped(stop_rx.clone()),
+            stopped(stop.clone()),
         )));
         tracing::info!(%addr, "HTTPS device bridge listening");
-        device_http_addr = Some(addr.to_string());
+        endpoints.device_http = Some(addr.to_string());
     }
     tracing::info!(addr = %admin_addr, "admin REST listening");
     tracing::info!(addr = %grpc_addr, "admin gRPC listening");
-
-    // Files start-up created with the default umask (certificates) become private too.
-    data_dir.tighten_quietly();
-    data_dir.write_endpoints(&Endpoints {
-        admin: admin_addr.to_string(),
-        grpc: grpc_addr.to_string(),
-        mqtt: mqtt_addr,
-        mqtt_plain: mqtt_plain_addr,
-        device_http: device_http_addr,
-        ca: material.ca_pem.display().to_string(),
-    })?;
-    tracing::info!(data_dir = %data_dir.path().display(), "perch is ready");
-
-    shutdown.await;
-    tracing::info!("shutting down: no new connections, draining requests");
-    let _ = stop_tx.send(true);
-    let _ = admin_task.await;
-    let _ = grpc_task.await;
-    for t in device_tasks {
-        let _ = t.await;
-    }
-    let _ = sink_task.await;
-    if let Some(t) = retention_task {
-        let _ = t.await;
-    }
-    // Acks taken while draining are written before we exit.
-    if let Err(e) = pubsub.flush_progress().await {
-        tracing::error!(error = %e, "could not save acknowledgement progress; acked messages may be redelivered");
-    }
-    data_dir.remove_endpoints();
-    tracing::info!("stopped");
-    Ok(())
+    Ok(Serving { endpoints, tasks })
 }
 
 /// TLS for an admin listener: none on loopback, the server certificate elsewhere (unless
@@ -325,8 +332,8 @@ pub async fn serve(
 fn tls_for(
     config: &ServeConfig,
     addr: SocketAddr,
-    cert: &std::path::Path,
-    key: &std::path::Path,
+    cert: &Path,
+    key: &Path,
     alpn: &[&[u8]],
 ) -> Result<Option<TlsAcceptor>> {
     if is_loopback(&addr) || config.insecure_admin {
@@ -335,16 +342,4 @@ fn tls_for(
     Ok(Some(TlsAcceptor::from(tls::server_config(
         cert, key, alpn,
     )?)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn listeners_share_what_the_fd_limit_leaves_after_the_reserve() {
-        assert_eq!(connections_per_listener(256, 4), 32);
-        assert_eq!(connections_per_listener(1_048_576 + FD_RESERVE, 4), 262_144);
-        assert_eq!(connections_per_listener(64, 4), 1, "never zero");
-    }
 }

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use perch_core::Clock;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
@@ -130,6 +132,8 @@ pub fn server_config(
 pub struct DeviceCertificateIssuer {
     /// The CA's certificate and key, parsed once: issuing runs on every provisioning request.
     issuer: Issuer<'static, KeyPair>,
+    /// Where "today" comes from: certificates are valid from it.
+    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for DeviceCertificateIssuer {
@@ -141,9 +145,19 @@ impl std::fmt::Debug for DeviceCertificateIssuer {
 /// How long a certificate issued for a provisioning CSR is valid.
 pub const DEVICE_CERTIFICATE_VALIDITY_DAYS: i64 = 10 * 365;
 
+/// The first and last day of a device certificate issued at `now`: whole days (UTC), from
+/// today for `DEVICE_CERTIFICATE_VALIDITY_DAYS`.
+fn device_certificate_validity(now: DateTime<Utc>) -> (NaiveDate, NaiveDate) {
+    let today = now.date_naive();
+    (
+        today,
+        today + chrono::Duration::days(DEVICE_CERTIFICATE_VALIDITY_DAYS),
+    )
+}
+
 impl DeviceCertificateIssuer {
-    /// Reads the CA made by `ensure`.
-    pub fn load(material: &TlsMaterial) -> Result<DeviceCertificateIssuer> {
+    /// Reads the CA made by `ensure`; certificates it issues are valid from `clock`'s today.
+    pub fn load(material: &TlsMaterial, clock: Arc<dyn Clock>) -> Result<DeviceCertificateIssuer> {
         let key_path = material.ca_pem.with_file_name("ca.key");
         let ca_cert_pem = fs::read_to_string(&material.ca_pem)
             .with_context(|| format!("cannot read {}", material.ca_pem.display()))?;
@@ -157,7 +171,7 @@ impl DeviceCertificateIssuer {
                 material.ca_pem.display()
             )
         })?;
-        Ok(DeviceCertificateIssuer { issuer })
+        Ok(DeviceCertificateIssuer { issuer, clock })
     }
 }
 
@@ -173,12 +187,9 @@ impl perch_registry::events::CertificateIssuer for DeviceCertificateIssuer {
         params.serial_number = Some(rcgen::SerialNumber::from_slice(
             &rand::random::<[u8; 16]>()[..],
         ));
-        use chrono::Datelike;
-        let today = chrono::Utc::now().date_naive();
-        let until = today + chrono::Duration::days(DEVICE_CERTIFICATE_VALIDITY_DAYS);
-        let ymd =
-            |d: chrono::NaiveDate| rcgen::date_time_ymd(d.year(), d.month() as u8, d.day() as u8);
-        params.not_before = ymd(today);
+        let (from, until) = device_certificate_validity(self.clock.now());
+        let ymd = |d: NaiveDate| rcgen::date_time_ymd(d.year(), d.month() as u8, d.day() as u8);
+        params.not_before = ymd(from);
         params.not_after = ymd(until);
         params
             .distinguished_name
@@ -191,5 +202,24 @@ impl perch_registry::events::CertificateIssuer for DeviceCertificateIssuer {
             .signed_by(&key, &self.issuer)
             .map_err(|e| format!("the certificate could not be signed: {e}"))?;
         Ok(cert.pem())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_certificates_are_valid_from_the_clocks_day() {
+        let now = DateTime::parse_from_rfc3339("2030-02-28T23:59:59Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let (from, until) = device_certificate_validity(now);
+        assert_eq!(from, NaiveDate::from_ymd_opt(2030, 2, 28).unwrap());
+        assert_eq!(
+            (until - from).num_days(),
+            DEVICE_CERTIFICATE_VALIDITY_DAYS,
+            "{until}"
+        );
     }
 }

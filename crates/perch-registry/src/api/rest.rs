@@ -1,12 +1,10 @@
 //! cloudiot v1 over REST: Google's gRPC transcoding of `DeviceManager` (SPEC.md §2), served by
 //! the same handlers as gRPC so both surfaces answer alike.
 //!
-//! Paths are parsed here rather than by the router because Google's custom verbs
+//! Paths are parsed by hand (`request`) rather than by the router because Google's custom verbs
 //! (`…/devices/{id}:modifyCloudToDeviceConfig`) share a segment with a name, and `groups/{g}`
 //! segments are transparent. Bodies and responses use the pbjson proto3 JSON mapping: camelCase
 //! and snake_case in, int64 as strings and enums by name or number.
-
-use std::collections::HashMap;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -21,8 +19,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::Status;
 
+use self::request::{Call, Op, Query, route, split_path};
 use super::grpc::{DeviceManagerApi, MAX_REQUEST_BYTES};
-use crate::mask::to_snake_case;
+
+mod request;
 
 /// The discovery document google-api-python-client ships for cloudiot v1 (see `discovery/`).
 const DISCOVERY_DOCUMENT: &str = include_str!("../../discovery/cloudiot.v1.json");
@@ -96,151 +96,6 @@ fn parse_body<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, Status> 
     })
 }
 
-/// Query parameters, keys normalised to snake_case; repeated keys keep every value.
-#[derive(Debug, Default)]
-struct Query(HashMap<String, Vec<String>>);
-
-/// System parameters Google's front end accepts on every call; they change nothing here.
-const SYSTEM_PARAMS: &[&str] = &[
-    "$alt",
-    "alt",
-    "$.xgafv",
-    "access_token",
-    "callback",
-    "fields",
-    "key",
-    "oauth_token",
-    "pretty_print",
-    "quota_user",
-    "upload_type",
-    "upload_protocol",
-];
-
-impl Query {
-    fn parse(raw: Option<&str>) -> Query {
-        let mut map: HashMap<String, Vec<String>> = HashMap::new();
-        for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
-            let key = to_snake_case(&k);
-            if SYSTEM_PARAMS.contains(&key.as_str()) {
-                continue;
-            }
-            map.entry(key).or_default().push(v.into_owned());
-        }
-        Query(map)
-    }
-
-    fn first(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.first()).map(String::as_str)
-    }
-
-    fn all(&self, key: &str) -> Vec<String> {
-        self.0.get(key).cloned().unwrap_or_default()
-    }
-
-    fn int<T: std::str::FromStr>(&self, key: &str) -> Result<Option<T>, Status> {
-        self.first(key)
-            .map(|v| {
-                v.parse().map_err(|_| {
-                    invalid(format!(
-                        "query parameter '{key}' must be a number, got '{v}'"
-                    ))
-                })
-            })
-            .transpose()
-    }
-
-    fn mask(&self, key: &str) -> Option<pbjson_types::FieldMask> {
-        let paths = self.all(key);
-        (!paths.is_empty()).then_some(pbjson_types::FieldMask { paths })
-    }
-}
-
-/// Percent-decodes the path and splits off a trailing `:verb`; `groups/{g}` segments that
-/// precede `devices` or a verb are dropped (SPEC.md §1.1).
-fn split_path(path: &str) -> Result<(String, Option<String>), Status> {
-    let decoded: Vec<String> = path
-        .trim_start_matches('/')
-        .split('/')
-        .map(|s| {
-            percent_encoding::percent_decode_str(s)
-                .decode_utf8()
-                .map(|s| s.into_owned())
-        })
-        .collect::<Result<_, _>>()
-        .map_err(|_| invalid("the request path is not valid UTF-8"))?;
-    let mut segments: Vec<String> = Vec::with_capacity(decoded.len());
-    let mut verb = None;
-    let count = decoded.len();
-    for (i, mut seg) in decoded.into_iter().enumerate() {
-        if i + 1 == count
-            && let Some((name, v)) = seg.rsplit_once(':')
-        {
-            verb = Some(v.to_owned());
-            seg = name.to_owned();
-        }
-        segments.push(seg);
-    }
-    // Drop `groups/{g}` right after `registries/{r}` when devices follow (group device paths).
-    if segments.len() > 7
-        && segments[6] == "groups"
-        && segments.get(8).is_some_and(|s| s == "devices")
-    {
-        segments.drain(6..8);
-    }
-    Ok((segments.join("/"), verb))
-}
-
-/// How a REST call maps onto a DeviceManager method.
-enum Call {
-    ListRegistries,
-    CreateRegistry,
-    GetRegistry,
-    PatchRegistry,
-    DeleteRegistry,
-    ListDevices,
-    CreateDevice,
-    GetDevice,
-    PatchDevice,
-    DeleteDevice,
-    ConfigVersions,
-    States,
-    RegistryVerb(String),
-    DeviceVerb(String),
-    GroupVerb(String),
-}
-
-fn route(method: &Method, path: &str, verb: Option<String>) -> Option<(Call, String)> {
-    let parts: Vec<&str> = path.split('/').collect();
-    // projects/P/locations/L = 4 segments; /registries/R = 6; /devices/D = 8; /groups/G = 8.
-    let call = match (parts.len(), verb, method) {
-        (5, None, &Method::GET) if parts[4] == "registries" => Call::ListRegistries,
-        (5, None, &Method::POST) if parts[4] == "registries" => Call::CreateRegistry,
-        (6, None, &Method::GET) if parts[4] == "registries" => Call::GetRegistry,
-        (6, None, &Method::PATCH) if parts[4] == "registries" => Call::PatchRegistry,
-        (6, None, &Method::DELETE) if parts[4] == "registries" => Call::DeleteRegistry,
-        (6, Some(v), &Method::POST) if parts[4] == "registries" => Call::RegistryVerb(v),
-        (7, None, &Method::GET) if parts[6] == "devices" => Call::ListDevices,
-        (7, None, &Method::POST) if parts[6] == "devices" => Call::CreateDevice,
-        (8, None, &Method::GET) if parts[6] == "devices" => Call::GetDevice,
-        (8, None, &Method::PATCH) if parts[6] == "devices" => Call::PatchDevice,
-        (8, None, &Method::DELETE) if parts[6] == "devices" => Call::DeleteDevice,
-        (8, Some(v), &Method::POST) if parts[6] == "devices" => Call::DeviceVerb(v),
-        (8, Some(v), &Method::POST) if parts[6] == "groups" => Call::GroupVerb(v),
-        (9, None, &Method::GET) if parts[6] == "devices" && parts[8] == "configVersions" => {
-            Call::ConfigVersions
-        }
-        (9, None, &Method::GET) if parts[6] == "devices" && parts[8] == "states" => Call::States,
-        _ => return None,
-    };
-    let name = match call {
-        Call::ListRegistries | Call::CreateRegistry => parts[..4].join("/"),
-        Call::ListDevices | Call::CreateDevice => parts[..6].join("/"),
-        Call::ConfigVersions | Call::States => parts[..8].join("/"),
-        _ => path.to_owned(),
-    };
-    Some((call, name))
-}
-
 async fn dispatch(State(api): State<DeviceManagerApi>, request: Request) -> Response {
     let method = request.method().clone();
     let uri = request.uri().clone();
@@ -299,8 +154,42 @@ async fn handle(
         )));
     };
     let q = Query::parse(query);
-    let response = match call {
-        Call::ListRegistries => json_response(
+    match call {
+        Call::Registries(op) => registries(api, op, name, &q, body).await,
+        Call::Devices(op) => devices(api, op, name, &q, body).await,
+        Call::ConfigVersions => Ok(json_response(
+            api.list_device_config_versions(req(pb::ListDeviceConfigVersionsRequest {
+                name,
+                num_versions: q.int("num_versions")?.unwrap_or(0),
+            }))
+            .await?
+            .get_ref(),
+        )),
+        Call::States => Ok(json_response(
+            api.list_device_states(req(pb::ListDeviceStatesRequest {
+                name,
+                num_states: q.int("num_states")?.unwrap_or(0),
+            }))
+            .await?
+            .get_ref(),
+        )),
+        Call::DeviceVerb(verb) => device_verb(api, &verb, name, body).await,
+        Call::RegistryVerb(verb) | Call::GroupVerb(verb) => {
+            registry_verb(api, &verb, name, body).await
+        }
+    }
+}
+
+/// `…/registries` and `…/registries/{r}`.
+async fn registries(
+    api: &DeviceManagerApi,
+    op: Op,
+    name: String,
+    q: &Query,
+    body: &Bytes,
+) -> Result<Response, Status> {
+    let response = match op {
+        Op::List => json_response(
             api.list_device_registries(req(pb::ListDeviceRegistriesRequest {
                 parent: name,
                 page_size: q.int("page_size")?.unwrap_or(0),
@@ -309,7 +198,7 @@ async fn handle(
             .await?
             .get_ref(),
         ),
-        Call::CreateRegistry => json_response(
+        Op::Create => json_response(
             api.create_device_registry(req(pb::CreateDeviceRegistryRequest {
                 parent: name,
                 device_registry: Some(parse_body(body)?),
@@ -317,12 +206,12 @@ async fn handle(
             .await?
             .get_ref(),
         ),
-        Call::GetRegistry => json_response(
+        Op::Get => json_response(
             api.get_device_registry(req(pb::GetDeviceRegistryRequest { name }))
                 .await?
                 .get_ref(),
         ),
-        Call::PatchRegistry => {
+        Op::Patch => {
             let mut registry: pb::DeviceRegistry = parse_body(body)?;
             registry.name = name;
             json_response(
@@ -334,56 +223,30 @@ async fn handle(
                 .get_ref(),
             )
         }
-        Call::DeleteRegistry => json_response(
+        Op::Delete => json_response(
             api.delete_device_registry(req(pb::DeleteDeviceRegistryRequest { name }))
                 .await?
                 .get_ref(),
         ),
-        Call::ListDevices => {
-            let gateway_type = q.first("gateway_list_options.gateway_type");
-            let filter = if let Some(t) = gateway_type {
-                let n = t
-                    .parse::<i32>()
-                    .ok()
-                    .or_else(|| pb::GatewayType::from_str_name(t).map(|g| g as i32))
-                    .ok_or_else(|| {
-                        invalid(format!(
-                            "'gatewayListOptions.gatewayType' has no value '{t}'"
-                        ))
-                    })?;
-                Some(pb::gateway_list_options::Filter::GatewayType(n))
-            } else if let Some(id) = q.first("gateway_list_options.associations_gateway_id") {
-                Some(pb::gateway_list_options::Filter::AssociationsGatewayId(
-                    id.to_owned(),
-                ))
-            } else {
-                q.first("gateway_list_options.associations_device_id")
-                    .map(|id| pb::gateway_list_options::Filter::AssociationsDeviceId(id.to_owned()))
-            };
-            let device_num_ids = q
-                .all("device_num_ids")
-                .iter()
-                .map(|v| {
-                    v.parse()
-                        .map_err(|_| invalid(format!("deviceNumIds must be numbers, got '{v}'")))
-                })
-                .collect::<Result<_, _>>()?;
-            json_response(
-                api.list_devices(req(pb::ListDevicesRequest {
-                    parent: name,
-                    device_num_ids,
-                    device_ids: q.all("device_ids"),
-                    field_mask: q.mask("field_mask"),
-                    gateway_list_options: filter
-                        .map(|f| pb::GatewayListOptions { filter: Some(f) }),
-                    page_size: q.int("page_size")?.unwrap_or(0),
-                    page_token: q.first("page_token").unwrap_or_default().to_owned(),
-                }))
+    };
+    Ok(response)
+}
+
+/// `…/devices` and `…/devices/{d}`.
+async fn devices(
+    api: &DeviceManagerApi,
+    op: Op,
+    name: String,
+    q: &Query,
+    body: &Bytes,
+) -> Result<Response, Status> {
+    let response = match op {
+        Op::List => json_response(
+            api.list_devices(req(list_devices_request(name, q)?))
                 .await?
                 .get_ref(),
-            )
-        }
-        Call::CreateDevice => json_response(
+        ),
+        Op::Create => json_response(
             api.create_device(req(pb::CreateDeviceRequest {
                 parent: name,
                 device: Some(parse_body(body)?),
@@ -391,7 +254,7 @@ async fn handle(
             .await?
             .get_ref(),
         ),
-        Call::GetDevice => json_response(
+        Op::Get => json_response(
             api.get_device(req(pb::GetDeviceRequest {
                 name,
                 field_mask: q.mask("field_mask"),
@@ -399,7 +262,7 @@ async fn handle(
             .await?
             .get_ref(),
         ),
-        Call::PatchDevice => {
+        Op::Patch => {
             let mut device: pb::Device = parse_body(body)?;
             device.name = name;
             json_response(
@@ -411,181 +274,126 @@ async fn handle(
                 .get_ref(),
             )
         }
-        Call::DeleteDevice => json_response(
+        Op::Delete => json_response(
             api.delete_device(req(pb::DeleteDeviceRequest { name }))
                 .await?
                 .get_ref(),
         ),
-        Call::ConfigVersions => json_response(
-            api.list_device_config_versions(req(pb::ListDeviceConfigVersionsRequest {
-                name,
-                num_versions: q.int("num_versions")?.unwrap_or(0),
-            }))
-            .await?
-            .get_ref(),
-        ),
-        Call::States => json_response(
-            api.list_device_states(req(pb::ListDeviceStatesRequest {
-                name,
-                num_states: q.int("num_states")?.unwrap_or(0),
-            }))
-            .await?
-            .get_ref(),
-        ),
-        Call::DeviceVerb(verb) => match verb.as_str() {
-            "modifyCloudToDeviceConfig" => {
-                let mut r: pb::ModifyCloudToDeviceConfigRequest = parse_body(body)?;
-                r.name = name;
-                json_response(api.modify_cloud_to_device_config(req(r)).await?.get_ref())
-            }
-            "sendCommandToDevice" => {
-                let mut r: pb::SendCommandToDeviceRequest = parse_body(body)?;
-                r.name = name;
-                json_response(api.send_command_to_device(req(r)).await?.get_ref())
-            }
-            _ => {
-                return Err(Status::not_found(format!(
-                    "devices have no method ':{verb}'"
-                )));
-            }
-        },
-        Call::RegistryVerb(verb) | Call::GroupVerb(verb) => match verb.as_str() {
-            "bindDeviceToGateway" => {
-                let mut r: pb::BindDeviceToGatewayRequest = parse_body(body)?;
-                r.parent = registry_of(&name);
-                json_response(api.bind_device_to_gateway(req(r)).await?.get_ref())
-            }
-            "unbindDeviceFromGateway" => {
-                let mut r: pb::UnbindDeviceFromGatewayRequest = parse_body(body)?;
-                r.parent = registry_of(&name);
-                json_response(api.unbind_device_from_gateway(req(r)).await?.get_ref())
-            }
-            "setIamPolicy" => {
-                let mut r: iam::SetIamPolicyRequest = parse_body(body)?;
-                r.resource = name;
-                json_response(api.set_iam_policy(req(r)).await?.get_ref())
-            }
-            "getIamPolicy" => {
-                let mut r: iam::GetIamPolicyRequest = parse_body(body)?;
-                r.resource = name;
-                json_response(api.get_iam_policy(req(r)).await?.get_ref())
-            }
-            "testIamPermissions" => {
-                let mut r: iam::TestIamPermissionsRequest = parse_body(body)?;
-                r.resource = name;
-                json_response(api.test_iam_permissions(req(r)).await?.get_ref())
-            }
-            _ => {
-                return Err(Status::not_found(format!(
-                    "registries have no method ':{verb}'"
-                )));
-            }
-        },
     };
     Ok(response)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// A `ListDevices` request from the query: ids, numeric ids, field mask, paging, and at most
+/// one gateway filter (type, then associations by gateway, then by device).
+fn list_devices_request(parent: String, q: &Query) -> Result<pb::ListDevicesRequest, Status> {
+    let gateway_type = q.first("gateway_list_options.gateway_type");
+    let filter = if let Some(t) = gateway_type {
+        let n = t
+            .parse::<i32>()
+            .ok()
+            .or_else(|| pb::GatewayType::from_str_name(t).map(|g| g as i32))
+            .ok_or_else(|| {
+                invalid(format!(
+                    "'gatewayListOptions.gatewayType' has no value '{t}'"
+                ))
+            })?;
+        Some(pb::gateway_list_options::Filter::GatewayType(n))
+    } else if let Some(id) = q.first("gateway_list_options.associations_gateway_id") {
+        Some(pb::gateway_list_options::Filter::AssociationsGatewayId(
+            id.to_owned(),
+        ))
+    } else {
+        q.first("gateway_list_options.associations_device_id")
+            .map(|id| pb::gateway_list_options::Filter::AssociationsDeviceId(id.to_owned()))
+    };
+    let device_num_ids = q
+        .all("device_num_ids")
+        .iter()
+        .map(|v| {
+            v.parse()
+                .map_err(|_| invalid(format!("deviceNumIds must be numbers, got '{v}'")))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(pb::ListDevicesRequest {
+        parent,
+        device_num_ids,
+        device_ids: q.all("device_ids"),
+        field_mask: q.mask("field_mask"),
+        gateway_list_options: filter.map(|f| pb::GatewayListOptions { filter: Some(f) }),
+        page_size: q.int("page_size")?.unwrap_or(0),
+        page_token: q.first("page_token").unwrap_or_default().to_owned(),
+    })
+}
 
-    fn check(method: Method, path: &str, expected: Option<(&str, &str)>) {
-        let (p, verb) = split_path(path).unwrap();
-        let got = route(&method, &p, verb).map(|(call, name)| {
-            let kind = match call {
-                Call::ListRegistries => "ListRegistries".to_owned(),
-                Call::CreateRegistry => "CreateRegistry".to_owned(),
-                Call::GetRegistry => "GetRegistry".to_owned(),
-                Call::PatchRegistry => "PatchRegistry".to_owned(),
-                Call::DeleteRegistry => "DeleteRegistry".to_owned(),
-                Call::ListDevices => "ListDevices".to_owned(),
-                Call::CreateDevice => "CreateDevice".to_owned(),
-                Call::GetDevice => "GetDevice".to_owned(),
-                Call::PatchDevice => "PatchDevice".to_owned(),
-                Call::DeleteDevice => "DeleteDevice".to_owned(),
-                Call::ConfigVersions => "ConfigVersions".to_owned(),
-                Call::States => "States".to_owned(),
-                Call::RegistryVerb(v) => format!("Registry:{v}"),
-                Call::DeviceVerb(v) => format!("Device:{v}"),
-                Call::GroupVerb(v) => format!("Group:{v}"),
-            };
-            (kind, name)
-        });
-        assert_eq!(
-            got.as_ref().map(|(k, n)| (k.as_str(), n.as_str())),
-            expected,
-            "{method} {path}"
-        );
+/// `…/devices/{d}:verb`.
+async fn device_verb(
+    api: &DeviceManagerApi,
+    verb: &str,
+    name: String,
+    body: &Bytes,
+) -> Result<Response, Status> {
+    match verb {
+        "modifyCloudToDeviceConfig" => {
+            let named = |r: &mut pb::ModifyCloudToDeviceConfigRequest| r.name = name;
+            call(body, named, |r| api.modify_cloud_to_device_config(r)).await
+        }
+        "sendCommandToDevice" => {
+            let named = |r: &mut pb::SendCommandToDeviceRequest| r.name = name;
+            call(body, named, |r| api.send_command_to_device(r)).await
+        }
+        _ => Err(Status::not_found(format!(
+            "devices have no method ':{verb}'"
+        ))),
     }
+}
 
-    #[test]
-    fn rest_paths_map_to_methods() {
-        let reg = "projects/p/locations/l/registries/r";
-        check(
-            Method::GET,
-            "projects/p/locations/l/registries",
-            Some(("ListRegistries", "projects/p/locations/l")),
-        );
-        check(
-            Method::POST,
-            "projects/p/locations/l/registries",
-            Some(("CreateRegistry", "projects/p/locations/l")),
-        );
-        check(Method::PATCH, reg, Some(("PatchRegistry", reg)));
-        check(
-            Method::POST,
-            &format!("{reg}:bindDeviceToGateway"),
-            Some(("Registry:bindDeviceToGateway", reg)),
-        );
-        check(
-            Method::POST,
-            &format!("{reg}/devices"),
-            Some(("CreateDevice", reg)),
-        );
-        check(
-            Method::GET,
-            &format!("{reg}/devices/123"),
-            Some(("GetDevice", &format!("{reg}/devices/123"))),
-        );
-        check(
-            Method::POST,
-            &format!("{reg}/devices/d-1:modifyCloudToDeviceConfig"),
-            Some((
-                "Device:modifyCloudToDeviceConfig",
-                &format!("{reg}/devices/d-1"),
-            )),
-        );
-        check(
-            Method::GET,
-            &format!("{reg}/groups/g/devices/d-1/configVersions"),
-            Some(("ConfigVersions", &format!("{reg}/devices/d-1"))),
-        );
-        check(
-            Method::POST,
-            &format!("{reg}/groups/g:getIamPolicy"),
-            Some(("Group:getIamPolicy", &format!("{reg}/groups/g"))),
-        );
-        check(
-            Method::GET,
-            &format!("{reg}/devices/d%25x"),
-            Some(("GetDevice", &format!("{reg}/devices/d%x"))),
-        );
-        check(Method::PUT, reg, None);
-        check(Method::GET, "projects/p/locations/l/other", None);
+/// `…/registries/{r}:verb` and `…/registries/{r}/groups/{g}:verb` (gateway bindings and IAM).
+async fn registry_verb(
+    api: &DeviceManagerApi,
+    verb: &str,
+    name: String,
+    body: &Bytes,
+) -> Result<Response, Status> {
+    match verb {
+        "bindDeviceToGateway" => {
+            let named = |r: &mut pb::BindDeviceToGatewayRequest| r.parent = registry_of(&name);
+            call(body, named, |r| api.bind_device_to_gateway(r)).await
+        }
+        "unbindDeviceFromGateway" => {
+            let named = |r: &mut pb::UnbindDeviceFromGatewayRequest| r.parent = registry_of(&name);
+            call(body, named, |r| api.unbind_device_from_gateway(r)).await
+        }
+        "setIamPolicy" => {
+            let named = |r: &mut iam::SetIamPolicyRequest| r.resource = name;
+            call(body, named, |r| api.set_iam_policy(r)).await
+        }
+        "getIamPolicy" => {
+            let named = |r: &mut iam::GetIamPolicyRequest| r.resource = name;
+            call(body, named, |r| api.get_iam_policy(r)).await
+        }
+        "testIamPermissions" => {
+            let named = |r: &mut iam::TestIamPermissionsRequest| r.resource = name;
+            call(body, named, |r| api.test_iam_permissions(r)).await
+        }
+        _ => Err(Status::not_found(format!(
+            "registries have no method ':{verb}'"
+        ))),
     }
+}
 
-    #[test]
-    fn queries_normalise_keys_and_drop_system_params() {
-        let q = Query::parse(Some(
-            "%24alt=json%3Benum-encoding%3Dint&deviceIds=a&deviceIds=b&fieldMask=a,b&pageSize=2",
-        ));
-        assert_eq!(q.all("device_ids"), vec!["a", "b"]);
-        assert_eq!(q.int::<i32>("page_size").unwrap(), Some(2));
-        assert!(q.first("$alt").is_none());
-        assert!(
-            Query::parse(Some("pageSize=x"))
-                .int::<i32>("page_size")
-                .is_err()
-        );
-    }
+/// Runs a custom verb whose request is the body: parsed, given the resource it names
+/// (`named`), passed to `method`, and its answer rendered as JSON.
+async fn call<T, R, F>(
+    body: &Bytes,
+    named: impl FnOnce(&mut T),
+    method: impl FnOnce(tonic::Request<T>) -> F,
+) -> Result<Response, Status>
+where
+    T: DeserializeOwned + Default,
+    R: Serialize,
+    F: std::future::Future<Output = Result<tonic::Response<R>, Status>>,
+{
+    let mut r: T = parse_body(body)?;
+    named(&mut r);
+    Ok(json_response(method(req(r)).await?.get_ref()))
 }

@@ -7,7 +7,8 @@
 //! runs each in its own transaction committed without fsync ([`Durability::None`]: each request
 //! still succeeds or fails alone), then makes them all durable with one empty
 //! [`Durability::Immediate`] commit, and only then answers them. A request that arrives alone
-//! runs as one durable commit, so a quiet store pays nothing extra.
+//! runs as one durable commit, so a quiet store pays nothing extra. The queue, the writer thread
+//! and its recover-and-retry loop are `group_commit`'s; this module is the redb commit step.
 //!
 //! What callers can rely on: a write's future resolves only after its data is on disk (or with
 //! the error that kept it from getting there). A read in another task may see a write up to one
@@ -22,13 +23,13 @@
 //! tries again every [`REOPEN_RETRY`] until it succeeds. Writes that failed were answered with
 //! their error (`RESOURCE_EXHAUSTED` for a full disk) and left nothing behind.
 
-use std::path::PathBuf;
-use std::sync::mpsc;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, WriteTransaction};
 
+use super::group_commit::{Batching, CommitStep, GroupCommit, Health};
 use crate::{Error, Result};
 
 /// Most write requests one durable commit covers; the rest wait for the next.
@@ -101,19 +102,7 @@ pub(crate) struct Committer {
 #[derive(Debug)]
 struct Inner {
     file: Arc<DbFile>,
-    jobs: Option<mpsc::Sender<Job>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        self.jobs.take();
-        if let Some(thread) = self.thread.take()
-            && thread.thread().id() != std::thread::current().id()
-        {
-            let _ = thread.join();
-        }
-    }
+    writer: GroupCommit<Job>,
 }
 
 impl Committer {
@@ -128,20 +117,39 @@ impl Committer {
             path,
             current: RwLock::new(Some(Arc::new(db))),
         });
-        let (jobs, queue) = mpsc::channel::<Job>();
-        let thread = {
-            let file = file.clone();
-            std::thread::Builder::new()
-                .name(thread_name.to_owned())
-                .spawn(move || writer(&file, &queue))?
+        let batching = Batching {
+            max: GROUP_COMMIT_MAX,
+            retry: REOPEN_RETRY,
         };
+        let writer = GroupCommit::start(RedbCommit { file: file.clone() }, batching, thread_name)?;
         Ok(Committer {
-            inner: Arc::new(Inner {
-                file,
-                jobs: Some(jobs),
-                thread: Some(thread),
-            }),
+            inner: Arc::new(Inner { file, writer }),
         })
+    }
+
+    /// Opens (or creates) the redb file at `path`, lets `create_tables` make sure every table
+    /// exists (so read transactions never meet a missing one), and starts its writer thread.
+    pub(crate) fn open(
+        path: &Path,
+        thread_name: &str,
+        create_tables: impl FnOnce(&WriteTransaction) -> Result<()>,
+    ) -> Result<Committer> {
+        let db = super::open_database(path).map_err(super::backend)?;
+        let txn = db.begin_write().map_err(super::backend)?;
+        create_tables(&txn)?;
+        txn.commit().map_err(super::backend)?;
+        Committer::start(db, path.to_owned(), thread_name).map_err(super::backend)
+    }
+
+    /// Runs `f` on the open database on tokio's blocking pool.
+    pub(crate) async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let db = self.database()?;
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(super::backend)?
     }
 
     /// The open database, for reads; `UNAVAILABLE` while it is being reopened.
@@ -169,12 +177,11 @@ impl Committer {
             });
             (answer, engine_failed)
         });
-        self.inner
-            .jobs
-            .as_ref()
-            .ok_or_else(|| Error::Backend("the store is closed".into()))?
-            .send(job)
-            .map_err(|_| Error::Backend("the store's writer thread has stopped".into()))?;
+        if !self.inner.writer.submit(job) {
+            return Err(Error::Backend(
+                "the store's writer thread has stopped".into(),
+            ));
+        }
         rx.await.map_err(|_| {
             Error::Backend("the store's writer thread stopped before answering".into())
         })?
@@ -193,43 +200,26 @@ fn run<T>(
     Ok(value)
 }
 
-/// The writer loop: a batch is whatever is queued once the previous batch is durable.
-fn writer(file: &DbFile, queue: &mpsc::Receiver<Job>) {
-    let mut batch: Vec<Job> = Vec::with_capacity(GROUP_COMMIT_MAX);
-    let mut closed = false;
-    loop {
-        let first = if closed {
-            match queue.recv_timeout(REOPEN_RETRY) {
-                Ok(job) => Some(job),
-                Err(mpsc::RecvTimeoutError::Timeout) => None,
-                Err(mpsc::RecvTimeoutError::Disconnected) => return,
-            }
-        } else {
-            match queue.recv() {
-                Ok(job) => Some(job),
-                Err(_) => return,
-            }
-        };
-        if closed {
-            closed = try_reopen(file);
-        }
-        let Some(first) = first else { continue };
-        batch.push(first);
-        while batch.len() < GROUP_COMMIT_MAX {
-            match queue.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
+/// The redb side of group commit: each write in a transaction of its own committed without
+/// fsync, then one empty durable commit for the batch; after a failure the engine latched, the
+/// file is closed and opened again.
+struct RedbCommit {
+    file: Arc<DbFile>,
+}
+
+impl CommitStep for RedbCommit {
+    type Request = Job;
+
+    fn commit(&mut self, batch: &mut Vec<Job>) -> Health {
         metrics::histogram!("perch_store_group_commit_writes").record(batch.len() as f64);
-        match file.get() {
+        match self.file.get() {
             Ok(db) => {
                 // A failed write may have left redb refusing everything: an empty durable commit
                 // tells (and costs an fsync only after a failure).
-                if run_batch(&mut batch, &db) && sync(&db).is_err() {
+                if run_batch(batch, &db) && sync(&db).is_err() {
                     drop(db);
-                    tracing::error!(file = %file.path.display(), "the store failed to write; closing and reopening it");
-                    closed = try_reopen(file);
+                    tracing::error!(file = %self.file.path.display(), "the store failed to write; closing and reopening it");
+                    return Health::Broken;
                 }
             }
             Err(e) => {
@@ -240,16 +230,17 @@ fn writer(file: &DbFile, queue: &mpsc::Receiver<Job>) {
                 }
             }
         }
+        Health::Serving
     }
-}
 
-/// Reopens `file`; whether it is still closed.
-fn try_reopen(file: &DbFile) -> bool {
-    match file.reopen() {
-        Ok(()) => false,
-        Err(e) => {
-            tracing::warn!(file = %file.path.display(), error = %e, "the store could not be reopened yet; retrying");
-            true
+    /// Reopens the file; `Broken` while it still cannot be opened.
+    fn recover(&mut self) -> Health {
+        match self.file.reopen() {
+            Ok(()) => Health::Serving,
+            Err(e) => {
+                tracing::warn!(file = %self.file.path.display(), error = %e, "the store could not be reopened yet; retrying");
+                Health::Broken
+            }
         }
     }
 }

@@ -3,6 +3,7 @@
 //! every directory too (`DATA_DIR_MODE`).
 
 mod commit;
+mod group_commit;
 mod log;
 mod pubsub;
 mod records;
@@ -42,6 +43,11 @@ pub fn open_private_file(path: &Path) -> std::io::Result<File> {
         .truncate(false)
         .mode(DATA_FILE_MODE)
         .open(path)
+}
+
+/// A storage engine failure, for the log (the client sees `INTERNAL`).
+pub(crate) fn backend(e: impl std::fmt::Display) -> crate::Error {
+    crate::Error::Backend(e.to_string())
 }
 
 /// Page cache of each redb file. redb's default (1 GiB) would let a registry of a million

@@ -5,20 +5,17 @@
 
 use std::path::Path;
 
-use redb::{Database, ReadableDatabase, TableDefinition, WriteTransaction};
+use redb::{ReadableDatabase, TableDefinition};
 
+use super::backend;
 use super::commit::Committer;
 use super::records;
+use crate::Result;
 use crate::pubsub::{AckProgress, PubsubStore, ResourceKind};
-use crate::{Error, Result};
 
 const RESOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("resources");
 const ACK_FLOOR: TableDefinition<u64, u64> = TableDefinition::new("ack_floor");
 const ACKED: TableDefinition<(u64, u64), ()> = TableDefinition::new("acked");
-
-fn backend(e: impl std::fmt::Display) -> Error {
-    Error::Backend(e.to_string())
-}
 
 fn key(kind: ResourceKind, name: &str) -> String {
     format!("{}\0{name}", kind.as_str())
@@ -32,35 +29,13 @@ pub struct EmbeddedPubsubStore {
 
 impl EmbeddedPubsubStore {
     pub fn open(path: &Path) -> Result<EmbeddedPubsubStore> {
-        let db = super::open_database(path).map_err(backend)?;
-        let txn = db.begin_write().map_err(backend)?;
-        {
+        let committer = Committer::open(path, "perch-pubsub-commit", |txn| {
             txn.open_table(RESOURCES).map_err(backend)?;
             txn.open_table(ACK_FLOOR).map_err(backend)?;
             txn.open_table(ACKED).map_err(backend)?;
-        }
-        txn.commit().map_err(backend)?;
-        let committer =
-            Committer::start(db, path.to_owned(), "perch-pubsub-commit").map_err(backend)?;
+            Ok(())
+        })?;
         Ok(EmbeddedPubsubStore { committer })
-    }
-
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Database) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let db = self.committer.database()?;
-        tokio::task::spawn_blocking(move || f(&db))
-            .await
-            .map_err(backend)?
-    }
-
-    /// Runs a write transaction on the writer thread; resolves once it is durable.
-    async fn write<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&WriteTransaction) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        self.committer.write(f).await
     }
 }
 
@@ -77,96 +52,103 @@ impl PubsubStore for EmbeddedPubsubStore {
             key(kind, name),
             name.rsplit('/').next().unwrap_or(name).to_owned(),
         );
-        self.write(move |txn| records::put(txn, RESOURCES, &k, &value, create_only, &id))
+        self.committer
+            .write(move |txn| records::put(txn, RESOURCES, &k, &value, create_only, &id))
             .await
     }
 
     async fn get_resource(&self, kind: ResourceKind, name: &str) -> Result<Option<Vec<u8>>> {
         let k = key(kind, name);
-        self.blocking(move |db| records::get(db, RESOURCES, &k))
+        self.committer
+            .read(move |db| records::get(db, RESOURCES, &k))
             .await
     }
 
     async fn list_resources(&self, kind: ResourceKind) -> Result<Vec<(String, Vec<u8>)>> {
         let prefix = format!("{}\0", kind.as_str());
-        self.blocking(move |db| {
-            let txn = db.begin_read().map_err(backend)?;
-            let t = txn.open_table(RESOURCES).map_err(backend)?;
-            let end = format!("{}\u{1}", kind.as_str());
-            let mut out = Vec::new();
-            for entry in t.range(prefix.as_str()..end.as_str()).map_err(backend)? {
-                let (k, v) = entry.map_err(backend)?;
-                out.push((k.value()[prefix.len()..].to_owned(), v.value().to_vec()));
-            }
-            Ok(out)
-        })
-        .await
+        self.committer
+            .read(move |db| {
+                let txn = db.begin_read().map_err(backend)?;
+                let t = txn.open_table(RESOURCES).map_err(backend)?;
+                let end = format!("{}\u{1}", kind.as_str());
+                let mut out = Vec::new();
+                for entry in t.range(prefix.as_str()..end.as_str()).map_err(backend)? {
+                    let (k, v) = entry.map_err(backend)?;
+                    out.push((k.value()[prefix.len()..].to_owned(), v.value().to_vec()));
+                }
+                Ok(out)
+            })
+            .await
     }
 
     async fn delete_resource(&self, kind: ResourceKind, name: &str) -> Result<bool> {
         let k = key(kind, name);
-        self.write(move |txn| records::delete(txn, RESOURCES, &k))
+        self.committer
+            .write(move |txn| records::delete(txn, RESOURCES, &k))
             .await
     }
 
     async fn load_progress(&self, subscription: u64) -> Result<AckProgress> {
-        self.blocking(move |db| {
-            let txn = db.begin_read().map_err(backend)?;
-            let floor = txn
-                .open_table(ACK_FLOOR)
-                .map_err(backend)?
-                .get(subscription)
-                .map_err(backend)?
-                .map(|v| v.value())
-                .unwrap_or(0);
-            let acked = txn
-                .open_table(ACKED)
-                .map_err(backend)?
-                .range((subscription, 0)..=(subscription, u64::MAX))
-                .map_err(backend)?
-                .map(|e| e.map(|(k, _)| k.value().1))
-                .collect::<Result<Vec<u64>, _>>()
-                .map_err(backend)?;
-            Ok(AckProgress { floor, acked })
-        })
-        .await
+        self.committer
+            .read(move |db| {
+                let txn = db.begin_read().map_err(backend)?;
+                let floor = txn
+                    .open_table(ACK_FLOOR)
+                    .map_err(backend)?
+                    .get(subscription)
+                    .map_err(backend)?
+                    .map(|v| v.value())
+                    .unwrap_or(0);
+                let acked = txn
+                    .open_table(ACKED)
+                    .map_err(backend)?
+                    .range((subscription, 0)..=(subscription, u64::MAX))
+                    .map_err(backend)?
+                    .map(|e| e.map(|(k, _)| k.value().1))
+                    .collect::<Result<Vec<u64>, _>>()
+                    .map_err(backend)?;
+                Ok(AckProgress { floor, acked })
+            })
+            .await
     }
 
     async fn save_progress(&self, updates: Vec<(u64, AckProgress)>) -> Result<()> {
         if updates.is_empty() {
             return Ok(());
         }
-        self.write(move |txn| {
-            {
-                let mut floors = txn.open_table(ACK_FLOOR).map_err(backend)?;
-                let mut acked = txn.open_table(ACKED).map_err(backend)?;
-                for (sub, progress) in updates {
-                    floors.insert(sub, progress.floor).map_err(backend)?;
-                    acked
-                        .retain_in((sub, 0)..=(sub, u64::MAX), |_, _| false)
-                        .map_err(backend)?;
-                    for seq in progress.acked {
-                        acked.insert((sub, seq), ()).map_err(backend)?;
+        self.committer
+            .write(move |txn| {
+                {
+                    let mut floors = txn.open_table(ACK_FLOOR).map_err(backend)?;
+                    let mut acked = txn.open_table(ACKED).map_err(backend)?;
+                    for (sub, progress) in updates {
+                        floors.insert(sub, progress.floor).map_err(backend)?;
+                        acked
+                            .retain_in((sub, 0)..=(sub, u64::MAX), |_, _| false)
+                            .map_err(backend)?;
+                        for seq in progress.acked {
+                            acked.insert((sub, seq), ()).map_err(backend)?;
+                        }
                     }
                 }
-            }
-            Ok(())
-        })
-        .await
+                Ok(())
+            })
+            .await
     }
 
     async fn delete_progress(&self, subscription: u64) -> Result<()> {
-        self.write(move |txn| {
-            txn.open_table(ACK_FLOOR)
-                .map_err(backend)?
-                .remove(subscription)
-                .map_err(backend)?;
-            txn.open_table(ACKED)
-                .map_err(backend)?
-                .retain_in((subscription, 0)..=(subscription, u64::MAX), |_, _| false)
-                .map_err(backend)?;
-            Ok(())
-        })
-        .await
+        self.committer
+            .write(move |txn| {
+                txn.open_table(ACK_FLOOR)
+                    .map_err(backend)?
+                    .remove(subscription)
+                    .map_err(backend)?;
+                txn.open_table(ACKED)
+                    .map_err(backend)?
+                    .retain_in((subscription, 0)..=(subscription, u64::MAX), |_, _| false)
+                    .map_err(backend)?;
+                Ok(())
+            })
+            .await
     }
 }

@@ -5,13 +5,10 @@
 use perch_core::Rejection;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
-use crate::{Error, Result};
+use super::backend;
+use crate::Result;
 
 type Table = TableDefinition<'static, &'static str, &'static [u8]>;
-
-fn backend(e: impl std::fmt::Display) -> Error {
-    Error::Backend(e.to_string())
-}
 
 /// Stores `value` under `key`; with `create_only`, an existing key is `ALREADY_EXISTS` naming `id`.
 pub(crate) fn put(

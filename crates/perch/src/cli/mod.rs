@@ -6,10 +6,13 @@
 
 pub mod client;
 pub mod iot;
+mod names;
 pub mod output;
 pub mod provision;
 pub mod pubsub;
 pub mod telemetry;
+
+pub use names::RegistryRef;
 
 use std::path::PathBuf;
 

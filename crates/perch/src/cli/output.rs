@@ -18,6 +18,17 @@ pub fn print_list(
     Ok(())
 }
 
+/// Prints one resource: pretty JSON with `--format json`, else `key: value` lines.
+pub fn print_one(format: Format, value: &Value) {
+    match format {
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        ),
+        Format::Table => describe(value),
+    }
+}
+
 /// Prints rows under headers, columns padded to their widest cell.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();

@@ -7,9 +7,10 @@ use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::client::AdminClient;
-use super::output::{cell, describe, print_list};
-use super::{ClientArgs, Format};
+use crate::cli::client::AdminClient;
+use crate::cli::names::{subscription_name, topic_name};
+use crate::cli::output::{cell, print_list, print_one};
+use crate::cli::{ClientArgs, Format};
 
 /// `perch pubsub …`
 #[derive(Debug, Args)]
@@ -53,6 +54,29 @@ pub enum TopicsCommand {
     },
 }
 
+/// `subscriptions create` flags beyond the subscription and its topic.
+#[derive(Debug, Args)]
+pub struct SubscriptionSettings {
+    /// Seconds a subscriber has to ack (10–600)
+    #[arg(long)]
+    ack_deadline: Option<i32>,
+    #[arg(long, requires = "max_delivery_attempts")]
+    dead_letter_topic: Option<String>,
+    #[arg(long, requires = "dead_letter_topic")]
+    max_delivery_attempts: Option<i32>,
+    /// Push each message to this URL instead of waiting for pulls
+    #[arg(long)]
+    push_endpoint: Option<String>,
+    /// e.g. 'attributes.subFolder = "temperature"'
+    #[arg(long)]
+    filter: Option<String>,
+    #[arg(long)]
+    enable_message_ordering: bool,
+    /// Keep acked messages for seek
+    #[arg(long)]
+    retain_acked_messages: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum SubscriptionsCommand {
     /// Create a subscription
@@ -60,24 +84,8 @@ pub enum SubscriptionsCommand {
         subscription: String,
         #[arg(long)]
         topic: String,
-        /// Seconds a subscriber has to ack (10–600)
-        #[arg(long)]
-        ack_deadline: Option<i32>,
-        #[arg(long, requires = "max_delivery_attempts")]
-        dead_letter_topic: Option<String>,
-        #[arg(long, requires = "dead_letter_topic")]
-        max_delivery_attempts: Option<i32>,
-        /// Push each message to this URL instead of waiting for pulls
-        #[arg(long)]
-        push_endpoint: Option<String>,
-        /// e.g. 'attributes.subFolder = "temperature"'
-        #[arg(long)]
-        filter: Option<String>,
-        #[arg(long)]
-        enable_message_ordering: bool,
-        /// Keep acked messages for seek
-        #[arg(long)]
-        retain_acked_messages: bool,
+        #[command(flatten)]
+        settings: SubscriptionSettings,
     },
     /// Show a subscription
     Describe { subscription: String },
@@ -100,54 +108,35 @@ pub enum SubscriptionsCommand {
     },
 }
 
-fn topic_name(project: &str, t: &str) -> String {
-    if t.starts_with("projects/") {
-        t.to_owned()
-    } else {
-        format!("projects/{project}/topics/{t}")
-    }
-}
-
-fn subscription_name(project: &str, s: &str) -> String {
-    if s.starts_with("projects/") {
-        s.to_owned()
-    } else {
-        format!("projects/{project}/subscriptions/{s}")
-    }
-}
-
-fn print(format: Format, value: &Value) {
-    match format {
-        Format::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(value).unwrap_or_default()
-        ),
-        Format::Table => describe(value),
-    }
-}
-
 pub async fn run(args: PubsubArgs) -> Result<()> {
     let c = &args.client;
     let client = AdminClient::new(c)?;
-    let p = &c.project;
     match args.command {
-        PubsubCommand::Topics(TopicsCommand::Create { topic }) => {
-            print(
+        PubsubCommand::Topics(cmd) => topics(c, &client, cmd).await,
+        PubsubCommand::Subscriptions(cmd) => subscriptions(c, &client, cmd).await,
+    }
+}
+
+async fn topics(c: &ClientArgs, client: &AdminClient, cmd: TopicsCommand) -> Result<()> {
+    let p = &c.project;
+    match cmd {
+        TopicsCommand::Create { topic } => {
+            print_one(
                 c.format,
                 &client
                     .call(Method::PUT, &topic_name(p, &topic), &[], Some(&json!({})))
                     .await?,
             );
         }
-        PubsubCommand::Topics(TopicsCommand::Describe { topic }) => {
-            print(
+        TopicsCommand::Describe { topic } => {
+            print_one(
                 c.format,
                 &client
                     .call(Method::GET, &topic_name(p, &topic), &[], None)
                     .await?,
             );
         }
-        PubsubCommand::Topics(TopicsCommand::List) => {
+        TopicsCommand::List => {
             let r = client
                 .call(
                     Method::GET,
@@ -159,29 +148,19 @@ pub async fn run(args: PubsubArgs) -> Result<()> {
             let topics = r["topics"].as_array().cloned().unwrap_or_default();
             print_list(c.format, &topics, &["NAME"], |t| vec![cell(&t["name"])])?
         }
-        PubsubCommand::Topics(TopicsCommand::Delete { topic }) => {
+        TopicsCommand::Delete { topic } => {
             client
                 .call(Method::DELETE, &topic_name(p, &topic), &[], None)
                 .await?;
             eprintln!("Deleted topic [{}].", topic_name(p, &topic));
         }
-        PubsubCommand::Topics(TopicsCommand::Publish {
+        TopicsCommand::Publish {
             topic,
             message,
             attributes,
             ordering_key,
-        }) => {
-            let mut attrs = serde_json::Map::new();
-            for a in &attributes {
-                let Some((k, v)) = a.split_once('=') else {
-                    bail!("--attribute takes key=value, got '{a}'")
-                };
-                attrs.insert(k.to_owned(), v.into());
-            }
-            let mut m = json!({ "data": STANDARD.encode(message), "attributes": attrs });
-            if let Some(k) = ordering_key {
-                m["orderingKey"] = k.into();
-            }
+        } => {
+            let m = message_body(message, &attributes, ordering_key)?;
             let r = client
                 .call(
                     Method::POST,
@@ -195,38 +174,44 @@ pub async fn run(args: PubsubArgs) -> Result<()> {
                 Format::Table => println!("messageIds: {}", cell(&r["messageIds"][0])),
             }
         }
-        PubsubCommand::Subscriptions(SubscriptionsCommand::Create {
+    }
+    Ok(())
+}
+
+/// The `PubsubMessage` that `topics publish` sends.
+fn message_body(
+    message: String,
+    attributes: &[String],
+    ordering_key: Option<String>,
+) -> Result<Value> {
+    let mut attrs = serde_json::Map::new();
+    for a in attributes {
+        let Some((k, v)) = a.split_once('=') else {
+            bail!("--attribute takes key=value, got '{a}'")
+        };
+        attrs.insert(k.to_owned(), v.into());
+    }
+    let mut m = json!({ "data": STANDARD.encode(message), "attributes": attrs });
+    if let Some(k) = ordering_key {
+        m["orderingKey"] = k.into();
+    }
+    Ok(m)
+}
+
+async fn subscriptions(
+    c: &ClientArgs,
+    client: &AdminClient,
+    cmd: SubscriptionsCommand,
+) -> Result<()> {
+    let p = &c.project;
+    match cmd {
+        SubscriptionsCommand::Create {
             subscription,
             topic,
-            ack_deadline,
-            dead_letter_topic,
-            max_delivery_attempts,
-            push_endpoint,
-            filter,
-            enable_message_ordering,
-            retain_acked_messages,
-        }) => {
-            let mut body = json!({ "topic": topic_name(p, &topic) });
-            if let Some(d) = ack_deadline {
-                body["ackDeadlineSeconds"] = d.into();
-            }
-            if let (Some(t), Some(n)) = (dead_letter_topic, max_delivery_attempts) {
-                body["deadLetterPolicy"] =
-                    json!({ "deadLetterTopic": topic_name(p, &t), "maxDeliveryAttempts": n });
-            }
-            if let Some(url) = push_endpoint {
-                body["pushConfig"] = json!({ "pushEndpoint": url });
-            }
-            if let Some(f) = filter {
-                body["filter"] = f.into();
-            }
-            if enable_message_ordering {
-                body["enableMessageOrdering"] = true.into();
-            }
-            if retain_acked_messages {
-                body["retainAckedMessages"] = true.into();
-            }
-            print(
+            settings,
+        } => {
+            let body = subscription_body(p, &topic, settings);
+            print_one(
                 c.format,
                 &client
                     .call(
@@ -238,15 +223,15 @@ pub async fn run(args: PubsubArgs) -> Result<()> {
                     .await?,
             );
         }
-        PubsubCommand::Subscriptions(SubscriptionsCommand::Describe { subscription }) => {
-            print(
+        SubscriptionsCommand::Describe { subscription } => {
+            print_one(
                 c.format,
                 &client
                     .call(Method::GET, &subscription_name(p, &subscription), &[], None)
                     .await?,
             );
         }
-        PubsubCommand::Subscriptions(SubscriptionsCommand::List) => {
+        SubscriptionsCommand::List => {
             let r = client
                 .call(
                     Method::GET,
@@ -270,7 +255,7 @@ pub async fn run(args: PubsubArgs) -> Result<()> {
                 },
             )?
         }
-        PubsubCommand::Subscriptions(SubscriptionsCommand::Delete { subscription }) => {
+        SubscriptionsCommand::Delete { subscription } => {
             client
                 .call(
                     Method::DELETE,
@@ -284,72 +269,119 @@ pub async fn run(args: PubsubArgs) -> Result<()> {
                 subscription_name(p, &subscription)
             );
         }
-        PubsubCommand::Subscriptions(SubscriptionsCommand::Pull {
+        SubscriptionsCommand::Pull {
             subscription,
             auto_ack,
             limit,
             wait,
-        }) => {
-            let name = subscription_name(p, &subscription);
-            let body = json!({ "maxMessages": limit, "returnImmediately": !wait });
-            let r = client
-                .call(Method::POST, &format!("{name}:pull"), &[], Some(&body))
-                .await?;
-            let received = r["receivedMessages"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            if auto_ack && !received.is_empty() {
-                let ids: Vec<Value> = received.iter().map(|m| m["ackId"].clone()).collect();
-                client
-                    .call(
-                        Method::POST,
-                        &format!("{name}:acknowledge"),
-                        &[],
-                        Some(&json!({ "ackIds": ids })),
-                    )
-                    .await?;
-            }
-            print_list(
-                c.format,
-                &received,
-                &[
-                    "DATA",
-                    "MESSAGE_ID",
-                    "ATTRIBUTES",
-                    "DELIVERY_ATTEMPT",
-                    "ACK_ID",
-                ],
-                |m| {
-                    let data = m["message"]["data"].as_str().unwrap_or("");
-                    let text = STANDARD
-                        .decode(data)
-                        .ok()
-                        .and_then(|b| String::from_utf8(b).ok())
-                        .unwrap_or_else(|| data.to_owned());
-                    let attrs = m["message"]["attributes"]
-                        .as_object()
-                        .map(|a| {
-                            a.iter()
-                                .map(|(k, v)| format!("{k}={}", cell(v)))
-                                .collect::<Vec<_>>()
-                                .join(",")
-                        })
-                        .unwrap_or_default();
-                    vec![
-                        text,
-                        cell(&m["message"]["messageId"]),
-                        attrs,
-                        cell(&m["deliveryAttempt"]),
-                        if auto_ack {
-                            "-".into()
-                        } else {
-                            cell(&m["ackId"])
-                        },
-                    ]
-                },
-            )?
-        }
+        } => pull(c, client, &subscription, auto_ack, limit, wait).await?,
     }
     Ok(())
+}
+
+/// The `Subscription` body of `subscriptions create`.
+fn subscription_body(project: &str, topic: &str, settings: SubscriptionSettings) -> Value {
+    let SubscriptionSettings {
+        ack_deadline,
+        dead_letter_topic,
+        max_delivery_attempts,
+        push_endpoint,
+        filter,
+        enable_message_ordering,
+        retain_acked_messages,
+    } = settings;
+    let mut body = json!({ "topic": topic_name(project, topic) });
+    if let Some(d) = ack_deadline {
+        body["ackDeadlineSeconds"] = d.into();
+    }
+    if let (Some(t), Some(n)) = (dead_letter_topic, max_delivery_attempts) {
+        body["deadLetterPolicy"] =
+            json!({ "deadLetterTopic": topic_name(project, &t), "maxDeliveryAttempts": n });
+    }
+    if let Some(url) = push_endpoint {
+        body["pushConfig"] = json!({ "pushEndpoint": url });
+    }
+    if let Some(f) = filter {
+        body["filter"] = f.into();
+    }
+    if enable_message_ordering {
+        body["enableMessageOrdering"] = true.into();
+    }
+    if retain_acked_messages {
+        body["retainAckedMessages"] = true.into();
+    }
+    body
+}
+
+/// `subscriptions pull`: up to `limit` messages, acked at once with `--auto-ack`.
+async fn pull(
+    c: &ClientArgs,
+    client: &AdminClient,
+    subscription: &str,
+    auto_ack: bool,
+    limit: u32,
+    wait: bool,
+) -> Result<()> {
+    let name = subscription_name(&c.project, subscription);
+    let body = json!({ "maxMessages": limit, "returnImmediately": !wait });
+    let r = client
+        .call(Method::POST, &format!("{name}:pull"), &[], Some(&body))
+        .await?;
+    let received = r["receivedMessages"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if auto_ack && !received.is_empty() {
+        let ids: Vec<Value> = received.iter().map(|m| m["ackId"].clone()).collect();
+        client
+            .call(
+                Method::POST,
+                &format!("{name}:acknowledge"),
+                &[],
+                Some(&json!({ "ackIds": ids })),
+            )
+            .await?;
+    }
+    print_list(
+        c.format,
+        &received,
+        &[
+            "DATA",
+            "MESSAGE_ID",
+            "ATTRIBUTES",
+            "DELIVERY_ATTEMPT",
+            "ACK_ID",
+        ],
+        |m| received_row(m, auto_ack),
+    )
+}
+
+/// One pulled message as a table row: its data as text when it is UTF-8.
+fn received_row(m: &Value, auto_ack: bool) -> Vec<String> {
+    let data = m["message"]["data"].as_str().unwrap_or("");
+    let text = STANDARD
+        .decode(data)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .unwrap_or_else(|| data.to_owned());
+    let attrs = m["message"]["attributes"]
+        .as_object()
+        .map(|a| {
+            a.iter()
+                .map(|(k, v)| format!("{k}={}", cell(v)))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    vec![
+        text,
+        cell(&m["message"]["messageId"]),
+        attrs,
+        cell(&m["deliveryAttempt"]),
+        if auto_ack {
+            "-".into()
+        } else {
+            cell(&m["ackId"])
+        },
+    ]
 }

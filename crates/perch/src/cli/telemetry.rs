@@ -100,35 +100,7 @@ pub async fn run(args: TelemetryArgs) -> Result<()> {
             eprintln!("The sink no longer keeps topic [{topic}]; what it stored stays.");
         }
         TelemetryCommand::Sink(SinkCommand::List) => {
-            let mut topics = Vec::new();
-            let mut token = String::new();
-            loop {
-                let page = client
-                    .call(
-                        Method::GET,
-                        &format!("projects/{p}/subscriptions"),
-                        &[("pageToken", token.clone())],
-                        None,
-                    )
-                    .await?;
-                for s in page["subscriptions"].as_array().into_iter().flatten() {
-                    let name = s["name"].as_str().unwrap_or_default();
-                    if name
-                        .rsplit('/')
-                        .next()
-                        .is_some_and(|id| id.starts_with(SINK_PREFIX))
-                    {
-                        topics.push(json!({ "subscription": name, "topic": s["topic"] }));
-                    }
-                }
-                token = page["nextPageToken"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
-                if token.is_empty() {
-                    break;
-                }
-            }
+            let topics = sink_topics(&client, p).await?;
             print_list(c.format, &topics, &["TOPIC", "SUBSCRIPTION"], |t| {
                 vec![cell(&t["topic"]), cell(&t["subscription"])]
             })?
@@ -162,40 +134,76 @@ pub async fn run(args: TelemetryArgs) -> Result<()> {
                 },
             )?
         }
-        TelemetryCommand::Anomalies(filters) => {
-            let r = client
-                .call(
-                    Method::GET,
-                    &format!("projects/{p}/anomalies"),
-                    &filters.query(),
-                    None,
-                )
-                .await?;
-            let found = r["anomalies"].as_array().cloned().unwrap_or_default();
-            print_list(
-                c.format,
-                &found,
-                &[
-                    "PUBLISH_TIME",
-                    "DEVICE_ID",
-                    "FIELD",
-                    "VALUE",
-                    "EXPECTED",
-                    "Z",
-                ],
-                |a| {
-                    let num = |k: &str| a[k].as_f64().unwrap_or_default();
-                    vec![
-                        cell(&a["publishTime"]),
-                        cell(&a["deviceId"]),
-                        cell(&a["field"]),
-                        cell(&a["value"]),
-                        format!("{:.2} ± {:.2}", num("mean"), num("std")),
-                        format!("{:+.1}", num("z")),
-                    ]
-                },
-            )?
-        }
+        TelemetryCommand::Anomalies(filters) => anomalies(c, &client, filters).await?,
     }
     Ok(())
+}
+
+/// The sink's subscriptions (those named `perch-sink-…`) and their topics, over every page.
+async fn sink_topics(client: &AdminClient, p: &str) -> Result<Vec<Value>> {
+    let mut topics = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .call(
+                Method::GET,
+                &format!("projects/{p}/subscriptions"),
+                &[("pageToken", token.clone())],
+                None,
+            )
+            .await?;
+        for s in page["subscriptions"].as_array().into_iter().flatten() {
+            let name = s["name"].as_str().unwrap_or_default();
+            if name
+                .rsplit('/')
+                .next()
+                .is_some_and(|id| id.starts_with(SINK_PREFIX))
+            {
+                topics.push(json!({ "subscription": name, "topic": s["topic"] }));
+            }
+        }
+        token = page["nextPageToken"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if token.is_empty() {
+            return Ok(topics);
+        }
+    }
+}
+
+/// `telemetry anomalies`.
+async fn anomalies(c: &ClientArgs, client: &AdminClient, filters: Filters) -> Result<()> {
+    let r = client
+        .call(
+            Method::GET,
+            &format!("projects/{}/anomalies", c.project),
+            &filters.query(),
+            None,
+        )
+        .await?;
+    let found = r["anomalies"].as_array().cloned().unwrap_or_default();
+    print_list(
+        c.format,
+        &found,
+        &[
+            "PUBLISH_TIME",
+            "DEVICE_ID",
+            "FIELD",
+            "VALUE",
+            "EXPECTED",
+            "Z",
+        ],
+        |a| {
+            let num = |k: &str| a[k].as_f64().unwrap_or_default();
+            vec![
+                cell(&a["publishTime"]),
+                cell(&a["deviceId"]),
+                cell(&a["field"]),
+                cell(&a["value"]),
+                format!("{:.2} ± {:.2}", num("mean"), num("std")),
+                format!("{:+.1}", num("z")),
+            ]
+        },
+    )
 }

@@ -73,6 +73,9 @@ pub(crate) struct TestServer {
     data_dir: PathBuf,
     pub(crate) admin: SocketAddr,
     pub(crate) grpc: SocketAddr,
+    /// The MQTT-over-TLS listener (spawned servers only) and the CA that signed its certificate.
+    pub(crate) mqtt: Option<SocketAddr>,
+    pub(crate) ca: Option<PathBuf>,
     /// The admin token; `None` for a `--dev` server.
     pub(crate) token: Option<String>,
     runner: Runner,
@@ -145,6 +148,8 @@ impl TestServer {
             data_dir,
             admin,
             grpc,
+            mqtt: None,
+            ca: None,
             token,
             in_process: Some(dev),
             runner: Runner::InProcess {
@@ -187,6 +192,8 @@ impl TestServer {
             data_dir,
             admin: "127.0.0.1:0".parse().expect("addr"),
             grpc: "127.0.0.1:0".parse().expect("addr"),
+            mqtt: None,
+            ca: None,
             token: None,
             runner: Runner::Child { child, log },
             in_process: None,
@@ -195,6 +202,11 @@ impl TestServer {
         let endpoints = server.wait_for_endpoints();
         server.admin = endpoints.admin.parse().expect("admin address");
         server.grpc = endpoints.grpc.parse().expect("grpc address");
+        server.mqtt = endpoints
+            .mqtt
+            .as_deref()
+            .map(|a| a.parse().expect("mqtt address"));
+        server.ca = Some(PathBuf::from(&endpoints.ca));
         server.token = Some(
             std::fs::read_to_string(server.data_dir.join("admin-token"))
                 .expect("admin-token next to endpoints.json")

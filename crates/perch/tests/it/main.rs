@@ -3,5 +3,6 @@
 mod admin_grpc;
 mod admin_rest;
 mod cli;
+mod device_path;
 mod durability;
 mod harness;
