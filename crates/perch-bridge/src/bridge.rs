@@ -216,7 +216,5 @@ impl Bridge {
     }
 }
 
-/// Resolves once `shutdown` says stop (without holding the channel's lock across awaits).
-pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|s| *s).await;
-}
+/// Resolves once `shutdown` says stop (one copy, in perch-core).
+pub(crate) use perch_core::shutdown::stopped;

@@ -41,10 +41,7 @@ fn failure(code: ErrorCode, message: impl Into<String>) -> Failure {
 }
 
 fn error_response((code, message): Failure) -> Response {
-    let body = serde_json::json!({ "error": { "code": code.http_status(), "message": message, "status": code.as_str() } });
-    let http =
-        StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (http, axum::Json(body)).into_response()
+    perch_api::error_response(code, message)
 }
 
 /// The router's state: the bridge, and the per-device rate state of HTTP requests.

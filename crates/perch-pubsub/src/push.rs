@@ -156,7 +156,7 @@ pub(crate) fn spawn(
             }
             tokio::select! {
                 _ = stream.wait() => {}
-                _ = crate::service::stopped(&mut shutdown) => return,
+                _ = perch_core::shutdown::stopped(&mut shutdown) => return,
             }
         }
     });

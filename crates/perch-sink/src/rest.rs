@@ -12,7 +12,6 @@
 
 use axum::Router;
 use axum::extract::{Path, Query as QueryParams, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::{DateTime, Utc};
@@ -45,12 +44,7 @@ pub fn router(store: TelemetryStore) -> Router {
 }
 
 fn error(code: ErrorCode, message: impl Into<String>) -> Response {
-    let body = serde_json::json!({
-        "error": { "code": code.http_status(), "message": message.into(), "status": code.as_str() }
-    });
-    let http =
-        StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (http, axum::Json(body)).into_response()
+    perch_api::error_response(code, message.into())
 }
 
 fn time(name: &str, value: Option<String>) -> Result<Option<DateTime<Utc>>, Response> {

@@ -1,29 +1,21 @@
 //! `google.pubsub.v1.Publisher` and `Subscriber` over gRPC, on a `PubsubService`.
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::time::Duration;
 
-use futures::Stream as FuturesStream;
 use perch_proto::google::rpc;
 use perch_proto::pubsub as pb;
 use perch_proto::pubsub::publisher_server::Publisher;
 use perch_proto::pubsub::subscriber_server::Subscriber;
 use prost::Message;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::streaming::{self, ResponseStream};
 use super::{convert, mask_paths, to_status};
-use crate::service::{ACK_DEADLINE_MAX_SECONDS, ACK_DEADLINE_MIN_SECONDS};
 use crate::{PubsubService, names};
 
 /// Largest gRPC request accepted: a full 10 MB publish plus framing.
 pub const MAX_REQUEST_BYTES: usize = 12 * 1024 * 1024;
-/// Most messages one StreamingPull response carries.
-const STREAM_RESPONSE_MAX_MESSAGES: usize = 1000;
-/// Flow control when the client sets none (≤ 0 means unlimited; this bounds a response).
-const STREAM_DEFAULT_MAX_OUTSTANDING: usize = 10_000;
 
 /// The Publisher and Subscriber gRPC services.
 #[derive(Debug, Clone)]
@@ -244,26 +236,6 @@ fn answer_before(client_deadline: Duration) -> Duration {
         .saturating_sub(Duration::from_millis(100))
 }
 
-type ResponseStream =
-    Pin<Box<dyn FuturesStream<Item = Result<pb::StreamingPullResponse, Status>> + Send>>;
-
-fn check_stream_deadline(seconds: i32) -> Result<Duration, Status> {
-    if !(ACK_DEADLINE_MIN_SECONDS..=ACK_DEADLINE_MAX_SECONDS).contains(&seconds) {
-        return Err(Status::invalid_argument(format!(
-            "streamAckDeadlineSeconds must be between 10 and 600, got {seconds}"
-        )));
-    }
-    Ok(Duration::from_secs(seconds as u64))
-}
-
-fn limit(v: i64, default: usize) -> usize {
-    if v <= 0 {
-        default
-    } else {
-        usize::try_from(v).unwrap_or(usize::MAX)
-    }
-}
-
 #[tonic::async_trait]
 impl Subscriber for PubsubApi {
     async fn create_subscription(
@@ -403,103 +375,9 @@ impl Subscriber for PubsubApi {
         &self,
         request: Request<tonic::Streaming<pb::StreamingPullRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
-        let mut inbound = request.into_inner();
-        let first = inbound
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("the stream ended before its first request"))?;
-        if first.subscription.is_empty() {
-            return Err(Status::invalid_argument(
-                "the first StreamingPullRequest must name the subscription",
-            ));
-        }
-        let mut deadline = check_stream_deadline(first.stream_ack_deadline_seconds)?;
-        let name = first.subscription.clone();
-        let mut stream = self.service.open_stream(&name).map_err(to_status)?;
-        let max_messages = limit(
-            first.max_outstanding_messages,
-            STREAM_DEFAULT_MAX_OUTSTANDING,
-        );
-        let max_bytes = limit(first.max_outstanding_bytes, usize::MAX);
-        let service = self.service.clone();
-        let (tx, rx) = mpsc::channel::<Result<pb::StreamingPullResponse, Status>>(4);
-        let (exactly_once, ordering) = stream.subscription_properties();
-        let properties = Some(pb::streaming_pull_response::SubscriptionProperties {
-            exactly_once_delivery_enabled: exactly_once,
-            message_ordering_enabled: ordering,
-        });
-        let first_confirmations =
-            handle_stream_request(&service, &name, &first, exactly_once, true).await;
-        tokio::spawn(async move {
-            let mut pending = match first_confirmations {
-                Ok(c) => c,
-                Err(status) => {
-                    let _ = tx.send(Err(status)).await;
-                    return;
-                }
-            };
-            loop {
-                if stream.is_deleted() {
-                    let _ = tx
-                        .send(Err(Status::not_found(format!(
-                            "Resource not found (resource={}).",
-                            names::id(&name)
-                        ))))
-                        .await;
-                    return;
-                }
-                if stream.is_detached() {
-                    let _ = tx
-                        .send(Err(Status::failed_precondition(format!(
-                            "subscription `{name}` is detached from its topic"
-                        ))))
-                        .await;
-                    return;
-                }
-                let room = max_messages.min(STREAM_RESPONSE_MAX_MESSAGES + stream.outstanding().0);
-                let deliveries = match stream.take(room, max_bytes, deadline).await {
-                    Ok(d) => d,
-                    Err(e) => {
-                        let _ = tx.send(Err(to_status(e))).await;
-                        return;
-                    }
-                };
-                if !deliveries.is_empty() || pending.is_some() {
-                    let (ack_confirm, modack_confirm) = pending.take().unwrap_or_default();
-                    let response = pb::StreamingPullResponse {
-                        received_messages: deliveries.into_iter().map(convert::received).collect(),
-                        acknowledge_confirmation: ack_confirm,
-                        modify_ack_deadline_confirmation: modack_confirm,
-                        subscription_properties: properties,
-                    };
-                    if tx.send(Ok(response)).await.is_err() {
-                        return;
-                    }
-                    continue;
-                }
-                tokio::select! {
-                    msg = inbound.message() => match msg {
-                        Ok(Some(req)) => {
-                            if req.stream_ack_deadline_seconds != 0 {
-                                match check_stream_deadline(req.stream_ack_deadline_seconds) {
-                                    Ok(d) => deadline = d,
-                                    Err(s) => { let _ = tx.send(Err(s)).await; return; }
-                                }
-                            }
-                            match handle_stream_request(&service, &name, &req, exactly_once, false).await {
-                                Ok(c) => pending = c,
-                                Err(s) => { let _ = tx.send(Err(s)).await; return; }
-                            }
-                        }
-                        // The client half-closed or went away: end the stream; its leases return.
-                        Ok(None) | Err(_) => return,
-                    },
-                    _ = stream.wait() => {}
-                    _ = tx.closed() => return,
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        streaming::start(self.service.clone(), request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn modify_push_config(
@@ -613,93 +491,6 @@ impl Subscriber for PubsubApi {
     }
 }
 
-type Confirmations = Option<(
-    Option<pb::streaming_pull_response::AcknowledgeConfirmation>,
-    Option<pb::streaming_pull_response::ModifyAckDeadlineConfirmation>,
-)>;
-
-/// Applies the acks and deadline changes a StreamingPullRequest carries; for exactly-once
-/// subscriptions returns the confirmations to send back, once the acks are on disk.
-async fn handle_stream_request(
-    service: &PubsubService,
-    name: &str,
-    req: &pb::StreamingPullRequest,
-    exactly_once: bool,
-    first: bool,
-) -> Result<Confirmations, Status> {
-    if !first
-        && (!req.subscription.is_empty()
-            || req.max_outstanding_messages != 0
-            || req.max_outstanding_bytes != 0)
-    {
-        return Err(Status::invalid_argument(
-            "subscription and flow control may only be set on the first StreamingPullRequest",
-        ));
-    }
-    if req.modify_deadline_seconds.len() != req.modify_deadline_ack_ids.len() {
-        return Err(Status::invalid_argument(
-            "modifyDeadlineSeconds and modifyDeadlineAckIds must have the same length",
-        ));
-    }
-    let mut ack_confirm = None;
-    let mut modack_confirm = None;
-    if !req.ack_ids.is_empty() {
-        let refused = service.acknowledge(name, &req.ack_ids).map_err(to_status)?;
-        if exactly_once {
-            service.persist_acks().await.map_err(to_status)?;
-            ack_confirm = Some(pb::streaming_pull_response::AcknowledgeConfirmation {
-                ack_ids: req
-                    .ack_ids
-                    .iter()
-                    .filter(|id| !refused.contains(id))
-                    .cloned()
-                    .collect(),
-                invalid_ack_ids: refused,
-                ..Default::default()
-            });
-        }
-    }
-    if !req.modify_deadline_ack_ids.is_empty() {
-        let mut by_seconds: HashMap<i32, Vec<String>> = HashMap::new();
-        for (id, secs) in req
-            .modify_deadline_ack_ids
-            .iter()
-            .zip(&req.modify_deadline_seconds)
-        {
-            if *secs < 0 {
-                return Err(Status::invalid_argument(format!(
-                    "modifyDeadlineSeconds must not be negative, got {secs}"
-                )));
-            }
-            by_seconds.entry(*secs).or_default().push(id.clone());
-        }
-        let mut refused_all = Vec::new();
-        for (secs, ids) in by_seconds {
-            refused_all.extend(
-                service
-                    .modify_ack_deadline(name, &ids, secs.min(ACK_DEADLINE_MAX_SECONDS))
-                    .map_err(to_status)?,
-            );
-        }
-        if exactly_once {
-            modack_confirm = Some(pb::streaming_pull_response::ModifyAckDeadlineConfirmation {
-                ack_ids: req
-                    .modify_deadline_ack_ids
-                    .iter()
-                    .filter(|id| !refused_all.contains(id))
-                    .cloned()
-                    .collect(),
-                invalid_ack_ids: refused_all,
-                ..Default::default()
-            });
-        }
-    }
-    Ok(
-        (ack_confirm.is_some() || modack_confirm.is_some())
-            .then_some((ack_confirm, modack_confirm)),
-    )
-}
-
 impl PubsubApi {
     fn subscription_proto(&self, c: &crate::SubscriptionConfig) -> pb::Subscription {
         let topic_retention = self
@@ -715,75 +506,5 @@ impl PubsubApi {
             .get_subscription(subscription)
             .map(|c| c.enable_exactly_once_delivery)
             .unwrap_or(false)
-    }
-}
-
-/// `google.iam.v1.IAMPolicy` for Pub/Sub resources. Perch is single-admin: the resource must
-/// exist, `GetIamPolicy` returns a fixed empty policy, `SetIamPolicy` echoes what it was given
-/// without storing it, and `TestIamPermissions` grants every permission asked (docs/pubsub.md).
-#[tonic::async_trait]
-impl perch_proto::google::iam::v1::iam_policy_server::IamPolicy for PubsubApi {
-    async fn set_iam_policy(
-        &self,
-        request: Request<perch_proto::google::iam::v1::SetIamPolicyRequest>,
-    ) -> Result<Response<perch_proto::google::iam::v1::Policy>, Status> {
-        let req = request.into_inner();
-        self.check_iam_resource(&req.resource)?;
-        Ok(Response::new(req.policy.unwrap_or_else(fixed_policy)))
-    }
-
-    async fn get_iam_policy(
-        &self,
-        request: Request<perch_proto::google::iam::v1::GetIamPolicyRequest>,
-    ) -> Result<Response<perch_proto::google::iam::v1::Policy>, Status> {
-        self.check_iam_resource(&request.get_ref().resource)?;
-        Ok(Response::new(fixed_policy()))
-    }
-
-    async fn test_iam_permissions(
-        &self,
-        request: Request<perch_proto::google::iam::v1::TestIamPermissionsRequest>,
-    ) -> Result<Response<perch_proto::google::iam::v1::TestIamPermissionsResponse>, Status> {
-        let req = request.into_inner();
-        self.check_iam_resource(&req.resource)?;
-        Ok(Response::new(
-            perch_proto::google::iam::v1::TestIamPermissionsResponse {
-                permissions: req.permissions,
-            },
-        ))
-    }
-}
-
-/// The policy every Pub/Sub resource reports.
-pub(crate) fn fixed_policy() -> perch_proto::google::iam::v1::Policy {
-    perch_proto::google::iam::v1::Policy {
-        version: 1,
-        bindings: vec![],
-        audit_configs: vec![],
-        etag: b"perch".to_vec(),
-    }
-}
-
-impl PubsubApi {
-    /// The IAM policy service for topics, subscriptions and snapshots.
-    pub fn iam_server(
-        self,
-    ) -> perch_proto::google::iam::v1::iam_policy_server::IamPolicyServer<PubsubApi> {
-        perch_proto::google::iam::v1::iam_policy_server::IamPolicyServer::new(self)
-    }
-
-    /// Pub/Sub IAM resources must exist.
-    pub(crate) fn check_iam_resource(&self, resource: &str) -> Result<(), Status> {
-        let found = match resource.split('/').nth(2) {
-            Some("topics") => self.service.get_topic(resource).map(drop),
-            Some("subscriptions") => self.service.get_subscription(resource).map(drop),
-            Some("snapshots") => self.service.get_snapshot(resource).map(drop),
-            _ => {
-                return Err(Status::invalid_argument(format!(
-                    "'{resource}' is not a Pub/Sub topic, subscription or snapshot"
-                )));
-            }
-        };
-        found.map_err(to_status)
     }
 }

@@ -1,31 +1,19 @@
-//! `google.pubsub.v1` over gRPC (`grpc`) and REST (`rest`), with proto ⇄ domain conversions in
-//! `convert`. Errors map to `tonic::Status` in one place (`to_status`); REST renders that as
-//! `google.rpc.Status` JSON.
+//! `google.pubsub.v1` over gRPC (`grpc`, with StreamingPull in `streaming` and the fixed IAM
+//! policy in `iam`) and REST (`rest`), with proto ⇄ domain conversions in `convert`. Errors map
+//! to `tonic::Status` in one place (`to_status`, through `perch_api`); REST renders that as
+//! `google.rpc.Status` JSON (`perch_api::status_response`).
 
 mod convert;
 pub mod grpc;
+mod iam;
 pub mod rest;
-
-use perch_core::ErrorCode;
+mod streaming;
 
 use crate::Error;
 
 /// The gRPC status for a Pub/Sub error; internal failures get a request id, the log the cause.
 pub fn to_status(err: Error) -> tonic::Status {
-    let code = err.code();
-    let message = err.to_string();
-    if matches!(
-        code,
-        ErrorCode::Internal | ErrorCode::Unknown | ErrorCode::DataLoss
-    ) {
-        let request_id = format!("{:016x}", rand::random::<u64>());
-        tracing::error!(request_id, error = %message, "internal error");
-        return tonic::Status::new(
-            tonic::Code::from(code.grpc_code()),
-            format!("internal error; request id {request_id}"),
-        );
-    }
-    tonic::Status::new(tonic::Code::from(code.grpc_code()), message)
+    perch_api::status(err.code(), err.to_string())
 }
 
 /// `messageRetentionDuration` → `message_retention_duration`.

@@ -7,10 +7,10 @@ use std::collections::HashMap;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
-use perch_core::ErrorCode;
+use perch_api::status_response;
 use perch_proto::google::iam::v1 as iam;
 use perch_proto::pubsub as pb;
 use perch_proto::pubsub::publisher_server::Publisher;
@@ -40,16 +40,6 @@ pub fn router(api: PubsubApi) -> Router {
             REST_MAX_REQUEST_BYTES + 1,
         ))
         .with_state(api)
-}
-
-fn status_response(status: &Status) -> Response {
-    let code = ErrorCode::from_grpc_code(status.code() as i32);
-    let body = serde_json::json!({
-        "error": { "code": code.http_status(), "message": status.message(), "status": code.as_str() }
-    });
-    let http =
-        StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (http, axum::Json(body)).into_response()
 }
 
 fn json<T: Serialize>(value: &T) -> Response {
@@ -197,79 +187,119 @@ async fn dispatch_resource(
             Some((id, sub)) => (id.to_owned(), Some(sub.to_owned())),
             None => (path.clone(), None),
         };
-        let name = format!("projects/{project}/{collection}/{id}");
-        handle(
-            &api,
-            &method,
-            &collection,
-            name,
-            sub_collection.as_deref(),
-            verb.as_deref(),
-            &q,
-            &body,
-        )
-        .await
+        let call = Call {
+            method: &method,
+            name: format!("projects/{project}/{collection}/{id}"),
+            sub_collection: sub_collection.as_deref(),
+            verb: verb.as_deref(),
+            body: &body,
+        };
+        handle(&api, &collection, &call, &q).await
     }
     .await;
     result.unwrap_or_else(|s| status_response(&s))
 }
 
-#[allow(clippy::too_many_arguments)]
+/// One REST call on a named resource: `{method} /v1/{name}[/{sub_collection}][:{verb}]`.
+struct Call<'a> {
+    method: &'a Method,
+    name: String,
+    sub_collection: Option<&'a str>,
+    verb: Option<&'a str>,
+    body: &'a Bytes,
+}
+
+impl Call<'_> {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn no_method(&self) -> Status {
+        Status::not_found(format!(
+            "no Pub/Sub method serves {} /v1/{}{}{}",
+            self.method,
+            self.name,
+            self.sub_collection
+                .map(|s| format!("/{s}"))
+                .unwrap_or_default(),
+            self.verb.map(|v| format!(":{v}")).unwrap_or_default()
+        ))
+    }
+}
+
 async fn handle(
     api: &PubsubApi,
-    method: &Method,
     collection: &str,
-    name: String,
-    sub_collection: Option<&str>,
-    verb: Option<&str>,
+    call: &Call<'_>,
     q: &HashMap<String, Vec<String>>,
-    body: &Bytes,
 ) -> Result<Response, Status> {
     // IAM is single-admin: the resource must exist, the policy is fixed (docs/pubsub.md).
-    if let Some(v @ ("getIamPolicy" | "setIamPolicy" | "testIamPermissions")) = verb {
-        api.check_iam_resource(&name)?;
-        return Ok(match v {
-            "getIamPolicy" => json(&super::grpc::fixed_policy()),
-            "setIamPolicy" => {
-                let r: iam::SetIamPolicyRequest = parse(body)?;
-                json(&r.policy.unwrap_or_else(super::grpc::fixed_policy))
-            }
-            _ => {
-                let r: iam::TestIamPermissionsRequest = parse(body)?;
-                json(&iam::TestIamPermissionsResponse {
-                    permissions: r.permissions,
-                })
-            }
-        });
+    if let Some(v @ ("getIamPolicy" | "setIamPolicy" | "testIamPermissions")) = call.verb {
+        api.check_iam_resource(&call.name)?;
+        return iam(v, call.body);
     }
     let (size, token) = (page_size(q)?, first(q, "page_token").to_owned());
-    let response = match (collection, sub_collection, verb, method) {
-        ("topics", None, None, &Method::PUT) => {
+    let response = match collection {
+        "topics" => topics(api, call, size, token).await?,
+        "subscriptions" => subscriptions(api, call).await?,
+        "snapshots" => snapshots(api, call).await?,
+        _ => None,
+    };
+    response.ok_or_else(|| call.no_method())
+}
+
+/// The fixed single-admin IAM policy methods.
+fn iam(verb: &str, body: &Bytes) -> Result<Response, Status> {
+    Ok(match verb {
+        "getIamPolicy" => json(&super::iam::fixed_policy()),
+        "setIamPolicy" => {
+            let r: iam::SetIamPolicyRequest = parse(body)?;
+            json(&r.policy.unwrap_or_else(super::iam::fixed_policy))
+        }
+        _ => {
+            let r: iam::TestIamPermissionsRequest = parse(body)?;
+            json(&iam::TestIamPermissionsResponse {
+                permissions: r.permissions,
+            })
+        }
+    })
+}
+
+/// Topic methods; `None` when no topic method serves the call.
+async fn topics(
+    api: &PubsubApi,
+    call: &Call<'_>,
+    size: i32,
+    token: String,
+) -> Result<Option<Response>, Status> {
+    let (name, body) = (call.name(), call.body);
+    Ok(Some(match (call.sub_collection, call.verb, call.method) {
+        (None, None, &Method::PUT) => {
             let mut t: pb::Topic = parse(body)?;
             t.name = name;
             json(api.create_topic(req(t)).await?.get_ref())
         }
-        ("topics", None, None, &Method::GET) => json(
+        (None, None, &Method::GET) => json(
             api.get_topic(req(pb::GetTopicRequest { topic: name }))
                 .await?
                 .get_ref(),
         ),
-        ("topics", None, None, &Method::PATCH) => {
+        (None, None, &Method::PATCH) => {
             let mut r: pb::UpdateTopicRequest = parse(body)?;
             r.topic.get_or_insert_with(Default::default).name = name;
             json(api.update_topic(req(r)).await?.get_ref())
         }
-        ("topics", None, None, &Method::DELETE) => json(
+        (None, None, &Method::DELETE) => json(
             api.delete_topic(req(pb::DeleteTopicRequest { topic: name }))
                 .await?
                 .get_ref(),
         ),
-        ("topics", None, Some("publish"), &Method::POST) => {
+        (None, Some("publish"), &Method::POST) => {
             let mut r: pb::PublishRequest = parse(body)?;
             r.topic = name;
             json(api.publish(req(r)).await?.get_ref())
         }
-        ("topics", Some("subscriptions"), None, &Method::GET) => json(
+        (Some("subscriptions"), None, &Method::GET) => json(
             api.list_topic_subscriptions(req(pb::ListTopicSubscriptionsRequest {
                 topic: name,
                 page_size: size,
@@ -278,7 +308,7 @@ async fn handle(
             .await?
             .get_ref(),
         ),
-        ("topics", Some("snapshots"), None, &Method::GET) => json(
+        (Some("snapshots"), None, &Method::GET) => json(
             api.list_topic_snapshots(req(pb::ListTopicSnapshotsRequest {
                 topic: name,
                 page_size: size,
@@ -287,93 +317,112 @@ async fn handle(
             .await?
             .get_ref(),
         ),
-        ("subscriptions", None, None, &Method::PUT) => {
+        _ => return Ok(None),
+    }))
+}
+
+/// Subscription methods; `None` when no subscription method serves the call.
+async fn subscriptions(api: &PubsubApi, call: &Call<'_>) -> Result<Option<Response>, Status> {
+    let (name, body) = (call.name(), call.body);
+    Ok(Some(match (call.sub_collection, call.verb, call.method) {
+        (None, None, &Method::PUT) => {
             let mut s: pb::Subscription = parse(body)?;
             s.name = name;
             json(api.create_subscription(req(s)).await?.get_ref())
         }
-        ("subscriptions", None, None, &Method::GET) => json(
+        (None, None, &Method::GET) => json(
             api.get_subscription(req(pb::GetSubscriptionRequest { subscription: name }))
                 .await?
                 .get_ref(),
         ),
-        ("subscriptions", None, None, &Method::PATCH) => {
+        (None, None, &Method::PATCH) => {
             let mut r: pb::UpdateSubscriptionRequest = parse(body)?;
             r.subscription.get_or_insert_with(Default::default).name = name;
             json(api.update_subscription(req(r)).await?.get_ref())
         }
-        ("subscriptions", None, None, &Method::DELETE) => json(
+        (None, None, &Method::DELETE) => json(
             api.delete_subscription(req(pb::DeleteSubscriptionRequest { subscription: name }))
                 .await?
                 .get_ref(),
         ),
-        ("subscriptions", None, Some(verb), &Method::POST) => match verb {
-            "pull" => {
-                let mut r: pb::PullRequest = parse(body)?;
-                r.subscription = name;
-                json(api.pull(req(r)).await?.get_ref())
-            }
-            "acknowledge" => {
-                let mut r: pb::AcknowledgeRequest = parse(body)?;
-                r.subscription = name;
-                json(api.acknowledge(req(r)).await?.get_ref())
-            }
-            "modifyAckDeadline" => {
-                let mut r: pb::ModifyAckDeadlineRequest = parse(body)?;
-                r.subscription = name;
-                json(api.modify_ack_deadline(req(r)).await?.get_ref())
-            }
-            "modifyPushConfig" => {
-                let mut r: pb::ModifyPushConfigRequest = parse(body)?;
-                r.subscription = name;
-                json(api.modify_push_config(req(r)).await?.get_ref())
-            }
-            "seek" => {
-                let mut r: pb::SeekRequest = parse(body)?;
-                r.subscription = name;
-                json(api.seek(req(r)).await?.get_ref())
-            }
-            "detach" => json(
-                Publisher::detach_subscription(
-                    api,
-                    req(pb::DetachSubscriptionRequest { subscription: name }),
-                )
-                .await?
-                .get_ref(),
-            ),
-            other => {
-                return Err(Status::not_found(format!(
-                    "subscriptions have no method ':{other}'"
-                )));
-            }
-        },
-        ("snapshots", None, None, &Method::PUT) => {
+        (None, Some(verb), &Method::POST) => subscription_verb(api, verb, name, body).await?,
+        _ => return Ok(None),
+    }))
+}
+
+/// `POST …/subscriptions/{id}:{verb}`.
+async fn subscription_verb(
+    api: &PubsubApi,
+    verb: &str,
+    name: String,
+    body: &Bytes,
+) -> Result<Response, Status> {
+    Ok(match verb {
+        "pull" => {
+            let mut r: pb::PullRequest = parse(body)?;
+            r.subscription = name;
+            json(api.pull(req(r)).await?.get_ref())
+        }
+        "acknowledge" => {
+            let mut r: pb::AcknowledgeRequest = parse(body)?;
+            r.subscription = name;
+            json(api.acknowledge(req(r)).await?.get_ref())
+        }
+        "modifyAckDeadline" => {
+            let mut r: pb::ModifyAckDeadlineRequest = parse(body)?;
+            r.subscription = name;
+            json(api.modify_ack_deadline(req(r)).await?.get_ref())
+        }
+        "modifyPushConfig" => {
+            let mut r: pb::ModifyPushConfigRequest = parse(body)?;
+            r.subscription = name;
+            json(api.modify_push_config(req(r)).await?.get_ref())
+        }
+        "seek" => {
+            let mut r: pb::SeekRequest = parse(body)?;
+            r.subscription = name;
+            json(api.seek(req(r)).await?.get_ref())
+        }
+        "detach" => json(
+            Publisher::detach_subscription(
+                api,
+                req(pb::DetachSubscriptionRequest { subscription: name }),
+            )
+            .await?
+            .get_ref(),
+        ),
+        other => {
+            return Err(Status::not_found(format!(
+                "subscriptions have no method ':{other}'"
+            )));
+        }
+    })
+}
+
+/// Snapshot methods; `None` when no snapshot method serves the call.
+async fn snapshots(api: &PubsubApi, call: &Call<'_>) -> Result<Option<Response>, Status> {
+    let (name, body) = (call.name(), call.body);
+    Ok(Some(match (call.sub_collection, call.verb, call.method) {
+        (None, None, &Method::PUT) => {
             let mut r: pb::CreateSnapshotRequest = parse(body)?;
             r.name = name;
             json(api.create_snapshot(req(r)).await?.get_ref())
         }
-        ("snapshots", None, None, &Method::GET) => json(
+        (None, None, &Method::GET) => json(
             api.get_snapshot(req(pb::GetSnapshotRequest { snapshot: name }))
                 .await?
                 .get_ref(),
         ),
-        ("snapshots", None, None, &Method::PATCH) => {
+        (None, None, &Method::PATCH) => {
             let mut r: pb::UpdateSnapshotRequest = parse(body)?;
             r.snapshot.get_or_insert_with(Default::default).name = name;
             json(api.update_snapshot(req(r)).await?.get_ref())
         }
-        ("snapshots", None, None, &Method::DELETE) => json(
+        (None, None, &Method::DELETE) => json(
             api.delete_snapshot(req(pb::DeleteSnapshotRequest { snapshot: name }))
                 .await?
                 .get_ref(),
         ),
-        _ => {
-            return Err(Status::not_found(format!(
-                "no Pub/Sub method serves {method} /v1/{name}{}{}",
-                sub_collection.map(|s| format!("/{s}")).unwrap_or_default(),
-                verb.map(|v| format!(":{v}")).unwrap_or_default()
-            )));
-        }
-    };
-    Ok(response)
+        _ => return Ok(None),
+    }))
 }

@@ -9,10 +9,9 @@
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
-use perch_core::ErrorCode;
 use perch_proto::google::iam::v1 as iam;
 use perch_proto::iot as pb;
 use perch_proto::iot::device_manager_server::DeviceManager;
@@ -65,19 +64,7 @@ async fn discovery(request: Request) -> Response {
 }
 
 /// Renders a status as Google's REST error body: `{"error":{"code","message","status"}}`.
-pub fn status_response(status: &Status) -> Response {
-    let code = ErrorCode::from_grpc_code(status.code() as i32);
-    let body = serde_json::json!({
-        "error": {
-            "code": code.http_status(),
-            "message": status.message(),
-            "status": code.as_str(),
-        }
-    });
-    let http =
-        StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (http, axum::Json(body)).into_response()
-}
+pub use perch_api::status_response;
 
 fn json_response<T: Serialize>(value: &T) -> Response {
     match serde_json::to_vec(value) {
