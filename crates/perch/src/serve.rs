@@ -84,9 +84,9 @@ struct Serving {
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// Resolves once `stop` turns true.
+/// `perch_core::shutdown::stopped` on a receiver of its own, for tasks that own their future.
 async fn stopped(mut stop: watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stop| *stop).await;
+    perch_core::shutdown::stopped(&mut stop).await;
 }
 
 /// Runs a server on an open data dir until `shutdown` resolves. Writes `endpoints.json` once
