@@ -142,6 +142,26 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// A registry with IoT Core's defaults: no notification configs, MQTT and HTTP as the
+    /// enums default, no CA credentials.
+    pub fn new(
+        project: impl Into<String>,
+        location: impl Into<String>,
+        id: RegistryId,
+    ) -> Registry {
+        Registry {
+            project: project.into(),
+            location: location.into(),
+            id,
+            event_notification_configs: Vec::new(),
+            state_notification_topic: String::new(),
+            mqtt_state: Default::default(),
+            http_state: Default::default(),
+            log_level: Default::default(),
+            credentials: Vec::new(),
+        }
+    }
+
     pub fn name(&self) -> RegistryName {
         RegistryName {
             project: self.project.clone(),

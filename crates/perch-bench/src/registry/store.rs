@@ -40,17 +40,11 @@ pub(super) async fn run_store(
     let create = if args.lookups_only {
         None
     } else {
-        let new_registry = Registry {
-            project: location.project.clone(),
-            location: location.location.clone(),
-            id: registry_id,
-            event_notification_configs: Vec::new(),
-            state_notification_topic: String::new(),
-            mqtt_state: Default::default(),
-            http_state: Default::default(),
-            log_level: Default::default(),
-            credentials: Vec::new(),
-        };
+        let new_registry = Registry::new(
+            location.project.clone(),
+            location.location.clone(),
+            registry_id,
+        );
         service
             .create_registry(&location, new_registry)
             .await

@@ -36,17 +36,7 @@ pub(super) async fn registry_with_bootstrap(p: &ProvisioningService, id: &str) -
         project: "p".into(),
         location: "us-central1".into(),
     };
-    let registry = perch_core::model::Registry {
-        project: String::new(),
-        location: String::new(),
-        id: id.parse().unwrap(),
-        event_notification_configs: Vec::new(),
-        state_notification_topic: String::new(),
-        mqtt_state: Default::default(),
-        http_state: Default::default(),
-        log_level: Default::default(),
-        credentials: Vec::new(),
-    };
+    let registry = perch_core::model::Registry::new("", "", id.parse().unwrap());
     p.registry
         .create_registry(&location, registry)
         .await

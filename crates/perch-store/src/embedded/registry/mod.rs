@@ -338,17 +338,7 @@ mod tests {
     use perch_core::{ErrorCode, Rejection};
 
     fn registry() -> Registry {
-        Registry {
-            project: "p".into(),
-            location: "us-central1".into(),
-            id: "reg".parse().unwrap(),
-            event_notification_configs: Vec::new(),
-            state_notification_topic: String::new(),
-            mqtt_state: Default::default(),
-            http_state: Default::default(),
-            log_level: Default::default(),
-            credentials: Vec::new(),
-        }
+        Registry::new("p", "us-central1", "reg".parse().unwrap())
     }
 
     fn id(s: &str) -> DeviceRef {

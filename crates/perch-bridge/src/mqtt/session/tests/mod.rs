@@ -43,18 +43,11 @@ fn device(id: &str, num_id: u64) -> Device {
 
 fn registry() -> Registry {
     Registry {
-        project: "p1".into(),
-        location: "us-central1".into(),
-        id: "reg".parse().expect("valid id"),
         event_notification_configs: vec![EventNotificationConfig {
             subfolder_matches: String::new(),
             pubsub_topic_name: "projects/p1/topics/t".into(),
         }],
-        state_notification_topic: String::new(),
-        mqtt_state: Default::default(),
-        http_state: Default::default(),
-        log_level: Default::default(),
-        credentials: Vec::new(),
+        ..Registry::new("p1", "us-central1", "reg".parse().expect("valid id"))
     }
 }
 
