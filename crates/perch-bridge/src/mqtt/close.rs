@@ -1,6 +1,7 @@
 //! Why an MQTT session ended. Every cause is one [`CloseReason`], mapped in one place to what the
 //! device's `lastErrorStatus` records (an `ErrorCode` and the message, which the log line
-//! repeats). A client that leaves cleanly records nothing.
+//! repeats) and to the `reason` label of `perch_mqtt_closes_total`. A client that leaves cleanly
+//! records nothing.
 
 use std::time::Duration;
 
@@ -72,6 +73,36 @@ pub(crate) enum CloseReason {
 }
 
 impl CloseReason {
+    /// The `reason` label of `perch_mqtt_closes_total`: one per variant, snake case.
+    pub(crate) fn label(&self) -> &'static str {
+        use CloseReason as R;
+        match self {
+            R::Clean => "clean",
+            R::Invalid(_) => "invalid_packet",
+            R::SecondConnect => "second_connect",
+            R::QoS2Flow | R::QoS2Publish => "qos2",
+            R::ServerPacket => "server_packet",
+            R::NotAllowed { .. } => "not_allowed",
+            R::TelemetryTooLarge { .. } | R::StateTooLarge { .. } => "payload_too_large",
+            R::TelemetryRate { .. } => "telemetry_rate",
+            R::SubscribeRate { .. } => "subscribe_rate",
+            R::CommandFilters { .. } => "command_filters",
+            R::Ingest(_) => "publish_failed",
+            R::State(_) => "state_failed",
+            R::OutboundFull { .. } => "outbound_full",
+            R::WriteTimeout(_) => "write_timeout",
+            R::TokenExpired => "token_expired",
+            R::KeepAlive => "keep_alive",
+            R::MaxAge => "max_age",
+            R::Idle => "idle",
+            R::ShuttingDown => "shutting_down",
+            R::Kicked { .. } => "revoked",
+            R::Blocked => "blocked",
+            R::CredentialRemoved => "credential_removed",
+            R::MqttDisabled => "mqtt_disabled",
+        }
+    }
+
     /// What the device's `lastErrorStatus` records (None: nothing, the client left cleanly).
     pub(crate) fn status(&self) -> Option<(ErrorCode, String)> {
         use CloseReason as R;
@@ -185,6 +216,26 @@ mod tests {
     #[test]
     fn a_clean_close_records_nothing() {
         assert!(CloseReason::Clean.status().is_none());
+        assert_eq!(CloseReason::Clean.label(), "clean");
+    }
+
+    #[test]
+    fn labels_are_snake_case_metric_values() {
+        let reasons = [
+            CloseReason::SecondConnect,
+            CloseReason::TelemetryRate { per_second: 1.0 },
+            CloseReason::WriteTimeout(Duration::from_secs(10)),
+            CloseReason::Blocked,
+            CloseReason::MqttDisabled,
+        ];
+        for reason in reasons {
+            let label = reason.label();
+            assert!(
+                label.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{label}"
+            );
+        }
+        assert_eq!(CloseReason::TokenExpired.label(), "token_expired");
     }
 
     #[test]

@@ -95,6 +95,7 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
     session.finish();
     wire.flush_before_close().await;
     live.decrement(1.0);
+    metrics::counter!("perch_mqtt_closes_total", "reason" => reason.label()).increment(1);
     if let Some((code, message)) = reason.status() {
         tracing::debug!(%peer, device = %identity.device_id, code = %code, reason = %message, "device disconnected");
         record_error(&bridge, &identity, code, message);

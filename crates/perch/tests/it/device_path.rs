@@ -256,6 +256,18 @@ async fn device_resource(server: &TestServer) -> Value {
         .ok()
 }
 
+/// The value of the sample `series` (name and labels, as Prometheus renders them) on the
+/// server's `/metrics`, 0 when absent.
+async fn metric(server: &TestServer, series: &str) -> f64 {
+    let reply = server.rest().get("/metrics").await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    reply
+        .text
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 // ----- tests -----
 
 /// A QoS 1 PUBLISH is PUBACKed, reaches a pull with the trusted attributes the bridge set (not
@@ -331,6 +343,8 @@ async fn telemetry_over_raw_mqtt_reaches_a_pull_and_a_sink_row() {
     })
     .await;
     assert!(status.contains("/devices/other/events"), "{status}");
+    let closes = r#"perch_mqtt_closes_total{reason="not_allowed"}"#;
+    assert_eq!(metric(&server, closes).await, 1.0);
 }
 
 /// Blocking a connected device closes its session within the bound the docs give, and a new
@@ -346,6 +360,11 @@ async fn blocking_a_connected_device_cuts_it_off() {
     let path = v1(&format!("{REGISTRY}/devices/dev?updateMask=blocked"));
     rest.patch(&path, &json!({"blocked": true})).await.ok();
     device.expect_closed().await;
+    let closes = r#"perch_mqtt_closes_total{reason="blocked"}"#;
+    eventually("the close counted", STEP_DEADLINE, || async {
+        (metric(&server, closes).await == 1.0).then_some(())
+    })
+    .await;
 
     let (_refused, code) = Device::connect(&server, "dev", &key).await;
     assert_eq!(code, 5, "a blocked device is not authorized");
