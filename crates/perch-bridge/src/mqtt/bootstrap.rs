@@ -54,14 +54,15 @@ pub(crate) fn answer(
     v
 }
 
-/// Serves a bootstrap connection from its CONNECT to its end.
-pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+/// Checks the bootstrap's JWT and answers the CONNACK; the session's deadline (the token's
+/// expiry plus the skew, at most `BOOTSTRAP_SESSION_MAX`) once accepted.
+async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     bridge: &Inner,
     wire: &mut Wire<S>,
     connect: &Connect,
-    registry: RegistryName,
-    bootstrap: String,
-) {
+    registry: &RegistryName,
+    bootstrap: &str,
+) -> Option<Instant> {
     let service = &bridge.provisioning;
     let Some(password) = connect
         .password
@@ -70,18 +71,18 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         .filter(|p| !p.is_empty())
     else {
         let _ = wire.send(&connack(Refusal::NoPassword.code())).await;
-        return;
+        return None;
     };
     let now = bridge.clock.now();
     let expires_at = match service
-        .authenticate(&registry, &bootstrap, password, now)
+        .authenticate(registry, bootstrap, password, now)
         .await
     {
         Ok((_, exp)) => exp,
         Err(e) => {
             tracing::debug!(%registry, bootstrap, error = %e, "bootstrap connection refused");
             let _ = wire.send(&connack(Refusal::Token(&e).code())).await;
-            return;
+            return None;
         }
     };
     if wire
@@ -89,12 +90,25 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         .await
         .is_err()
     {
-        return;
+        return None;
     }
     let until_token_lapses = (expires_at + JWT_CLOCK_SKEW - now)
         .to_std()
         .unwrap_or_default();
-    let deadline = Instant::now() + until_token_lapses.min(BOOTSTRAP_SESSION_MAX);
+    Some(Instant::now() + until_token_lapses.min(BOOTSTRAP_SESSION_MAX))
+}
+
+/// Serves a bootstrap connection from its CONNECT to its end.
+pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    bridge: &Inner,
+    wire: &mut Wire<S>,
+    connect: &Connect,
+    registry: RegistryName,
+    bootstrap: String,
+) {
+    let Some(deadline) = accept(bridge, wire, connect, &registry, &bootstrap).await else {
+        return;
+    };
     let prefix = format!("/bootstraps/{bootstrap}/");
     let mut subscribed: HashMap<String, QoS> = HashMap::new();
     let mut requests = 0usize;
