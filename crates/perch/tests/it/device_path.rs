@@ -436,3 +436,70 @@ async fn config_and_commands_reach_the_device() {
         .expect("join");
     assert_eq!(reply.status, 200, "{}", reply.text);
 }
+
+/// A gateway (ASSOCIATION_ONLY) attaches a bound device, publishes for it with that device's
+/// identity in the trusted attributes, and loses it when it is unbound: the detach comes on
+/// the gateway's errors topic, and publishing for the device afterwards closes the connection.
+#[tokio::test]
+async fn a_gateway_speaks_for_a_bound_device_until_it_is_unbound() {
+    let server = TestServer::spawn();
+    fleet(&server).await;
+    let rest = server.rest();
+    let gateway = SigningKey::generate_es256().expect("a P-256 key");
+    rest.post(
+        &v1(&format!("{REGISTRY}/devices")),
+        &json!({
+            "id": "gw-1",
+            "gatewayConfig": {"gatewayType": "GATEWAY", "gatewayAuthMethod": "ASSOCIATION_ONLY"},
+            "credentials": [{"publicKey": {"format": "ES256_PEM", "key": gateway.public_pem}}]
+        }),
+    )
+    .await
+    .ok();
+    let binding = json!({"gatewayId": "gw-1", "deviceId": "dev"});
+    rest.post(&v1(&format!("{REGISTRY}:bindDeviceToGateway")), &binding)
+        .await
+        .ok();
+
+    let (mut gw, code) = Device::connect(&server, "gw-1", &gateway.key).await;
+    assert_eq!(code, 0);
+    assert_eq!(gw.subscribe("/devices/gw-1/errors", 1, 0).await, 0);
+    gw.publish_qos1("/devices/dev/attach", 1, b"{}").await;
+    let ack = gw.read().await.expect("the attach PUBACK");
+    assert_eq!(
+        (ack.kind(), ack.body.as_slice()),
+        (4, &1u16.to_be_bytes()[..])
+    );
+    gw.publish_qos1("/devices/dev/events", 2, b"via-gateway")
+        .await;
+    let ack = gw.read().await.expect("the event PUBACK");
+    assert_eq!(
+        (ack.kind(), ack.body.as_slice()),
+        (4, &2u16.to_be_bytes()[..])
+    );
+
+    let pulled = rest
+        .post(
+            "/v1/projects/p1/subscriptions/pulls:pull",
+            &json!({"maxMessages": 10}),
+        )
+        .await
+        .ok();
+    let message = &pulled["receivedMessages"][0]["message"];
+    assert_eq!(message["attributes"]["deviceId"], "dev", "{pulled}");
+    assert_eq!(message["data"], STANDARD.encode("via-gateway"));
+
+    rest.post(
+        &v1(&format!("{REGISTRY}:unbindDeviceFromGateway")),
+        &binding,
+    )
+    .await
+    .ok();
+    let detached = gw.read().await.expect("the detach notice");
+    let (topic, _, payload) = detached.publish();
+    assert_eq!(topic, "/devices/gw-1/errors");
+    let notice = String::from_utf8_lossy(&payload);
+    assert!(notice.contains("GATEWAY_ATTACHMENT_ERROR"), "{notice}");
+    gw.publish_qos1("/devices/dev/events", 3, b"too-late").await;
+    gw.expect_closed().await;
+}
