@@ -7,16 +7,23 @@
 //! ([`bootstrap`], docs/provisioning.md).
 //! Does not own what is published or any persistence: `perch-agent` keeps its on-disk queue and
 //! retries a publish until [`DeviceClient::publish`] reports the PUBACK.
-//! Invariant: links no server code and no aws-lc; cryptography is `ring` only.
+//! Invariant: links no server code and no aws-lc; cryptography is `ring` only. Without the default
+//! `client` feature it is only [`jwt`]: the server's provisioning signs and generates keys with it
+//! without linking an MQTT client.
 #![deny(clippy::unwrap_used)]
 
+#[cfg(feature = "client")]
 pub mod backoff;
+#[cfg(feature = "client")]
 pub mod bootstrap;
+#[cfg(feature = "client")]
 pub mod client;
 pub mod error;
 pub mod jwt;
+#[cfg(feature = "client")]
 pub mod tls;
 
+#[cfg(feature = "client")]
 pub use client::{DeviceClient, DeviceEvent, DeviceOptions, DeviceTopics, PendingPubAck, connect};
 pub use error::{DeviceError, Result};
 pub use jwt::{Algorithm, GeneratedKey, SigningKey};
