@@ -3,9 +3,8 @@
 //! and commands. The frames are written by hand here, not with the bridge's codec, so the test
 //! checks the wire, not our own encoder. Waits poll with a deadline (`eventually`), never sleep.
 
-use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -25,22 +24,6 @@ const REGISTRY: &str = "projects/p1/locations/us-central1/registries/reg";
 
 fn v1(path: &str) -> String {
     format!("/v1/{path}")
-}
-
-/// Polls the async `condition` every 20 ms until it returns `Some`, failing after `deadline`.
-async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut condition: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let end = Instant::now() + deadline;
-    loop {
-        if let Some(value) = condition().await {
-            return value;
-        }
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 // ----- a hand-written MQTT 3.1.1 client -----

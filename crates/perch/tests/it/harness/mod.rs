@@ -34,6 +34,23 @@ const POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// The project and location the tests create resources in.
 pub(crate) const LOCATION: &str = "projects/p1/locations/us-central1";
 
+/// `wait_until` for async conditions: polls `condition` until it returns `Some`, failing the test
+/// after `deadline`.
+pub(crate) async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut condition: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(value) = condition().await {
+            return value;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
 /// Polls `condition` until it returns `Some`, failing the test after `deadline`.
 pub(crate) fn wait_until<T>(
     what: &str,
